@@ -1,0 +1,531 @@
+"""The long-running daemon: converge, then supervise until SIGTERM/SIGINT.
+
+Inputs (engine events, probe results, signals) arrive on one queue and are handled one at a time by
+the main loop, so all state lives in one thread. The loop wakes only for input or a deadline (probe
+results, backoff ends, periodic resync, watchdog): no busy polling.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import signal
+import threading
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import docker.errors
+import requests.exceptions
+import structlog
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential
+
+from supervisor import probes, stack, statefiles
+from supervisor.const import (
+    EXIT_OK,
+    EXIT_RESPAWN_LIMIT,
+    NGINX_STATUS_PORT,
+    REGISTRY_PORT,
+    SERVICE_NGINX,
+    SERVICE_ORDER,
+    SERVICE_REGISTRY,
+)
+from supervisor.engine import Container, Engine, connect
+from supervisor.errors import UserError
+from supervisor.fsutil import atomic_write
+from supervisor.notify import Notifier
+from supervisor.service import Decision, ServiceState, State
+from supervisor.settings import Settings, load_settings
+
+log = structlog.get_logger()
+
+# Level-triggered safety net: compare with the engine even when no event arrived.
+RESYNC_INTERVAL = 30.0
+RETRY_AFTER_ERROR = 2.0
+
+
+@dataclass(frozen=True)
+class EngineEvent:
+    event: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class EngineLost:
+    error: str
+
+
+@dataclass(frozen=True)
+class EngineBack:
+    pass
+
+
+@dataclass(frozen=True)
+class Probed:
+    service: str
+    container_id: str
+    result: probes.ProbeResult
+
+
+@dataclass(frozen=True)
+class Signalled:
+    signum: int
+
+
+class StreamEnded(Exception):
+    pass
+
+
+class EventWatcher(threading.Thread):
+    """Feeds the engine's container events into the inbox; reports losing and regaining it."""
+
+    def __init__(self, host: str, project: str, inbox: queue.SimpleQueue[object]) -> None:
+        super().__init__(name="docker-events", daemon=True)
+        self.host, self.project, self.inbox = host, project, inbox
+        self.stopped = threading.Event()
+        self.subscribed = threading.Event()
+        self.lost = False
+        self._stream: Any = None
+
+    def run(self) -> None:
+        reconnect = Retrying(
+            retry=retry_if_exception_type(Exception),
+            wait=wait_exponential(multiplier=0.2, max=5),
+            stop=lambda _: self.stopped.is_set(),
+            sleep=self._sleep,
+            before_sleep=self._report_lost,
+            reraise=False,
+        )
+        try:
+            for attempt in reconnect:
+                with attempt:
+                    self._watch()
+        except Exception:
+            pass  # stopped while the engine was away
+
+    def _sleep(self, seconds: float) -> None:
+        self.stopped.wait(seconds)
+
+    def _watch(self) -> None:
+        engine = Engine(connect(self.host), self.project)
+        self._stream = engine.events(since=int(time.time()) - 1 if self.lost else None)
+        self.subscribed.set()
+        if self.lost:
+            self.lost = False
+            self.inbox.put(EngineBack())
+        for event in self._stream:
+            self.inbox.put(EngineEvent(event))
+        if not self.stopped.is_set():
+            raise StreamEnded("the engine closed the event stream")
+
+    def _report_lost(self, state: RetryCallState) -> None:
+        if not self.lost and not self.stopped.is_set():
+            self.lost = True
+            error = state.outcome.exception() if state.outcome else None
+            self.inbox.put(EngineLost(str(error).splitlines()[0] if str(error) else repr(error)))
+
+    def close(self) -> None:
+        self.stopped.set()
+        stream = self._stream
+        if stream is not None:
+            with contextlib.suppress(Exception):
+                stream.close()
+
+
+@dataclass(frozen=True)
+class Target:
+    container_id: str
+    host: str
+    port: int
+
+
+class Prober(threading.Thread):
+    """Probes each service every health.interval seconds and reports to the inbox."""
+
+    def __init__(self, inbox: queue.SimpleQueue[object], interval: float, timeout: float) -> None:
+        super().__init__(name="probes", daemon=True)
+        self.inbox, self.interval, self.timeout = inbox, interval, timeout
+        self.targets: dict[str, Target] = {}
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.interval):
+            for service, target in list(self.targets.items()):
+                check = probes.probe_registry if service == SERVICE_REGISTRY else probes.probe_proxy
+                result = check(target.host, target.port, self.timeout)
+                self.inbox.put(Probed(service, target.container_id, result))
+
+
+def _loopback_for(host: str) -> str:
+    if host == "0.0.0.0":
+        return "127.0.0.1"
+    if host == "::":
+        return "::1"
+    return host
+
+
+class Daemon:
+    def __init__(self, config_path: Path, settings: Settings) -> None:
+        self.config_path = config_path
+        self.settings = settings
+        self.inbox: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self.notifier = Notifier()
+        self.services = {
+            name: ServiceState(name, settings.respawn, settings.health) for name in SERVICE_ORDER
+        }
+        self.containers: dict[str, Container] = {}
+        self.exit_code: int | None = None
+        self.engine_up = True
+        self.ready_pending = True
+        self.next_resync = 0.0
+        self.next_watchdog = 0.0
+        self.last_error = ""
+        self.started_wall = time.time()
+        self.engine: Engine
+        self.prepared: statefiles.Prepared
+        self.watcher: EventWatcher
+        self.prober: Prober
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def run(self) -> int:
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, lambda s, _f: self.inbox.put(Signalled(s)))
+        self.prepared = stack.prepare_files(self.settings)
+        self.engine = Engine(connect(self.settings.docker.host), self.settings.name)
+        self.watcher = EventWatcher(self.settings.docker.host, self.settings.name, self.inbox)
+        self.watcher.start()
+        self.watcher.subscribed.wait(10)
+        self.converge(self.prepared)
+        self.prober = Prober(self.inbox, self.settings.health.interval, self.settings.health.timeout)
+        self.refresh_probe_targets()
+        self.prober.start()
+        log.info("supervising", project=self.settings.name, config=str(self.config_path))
+        try:
+            while self.exit_code is None:
+                self.step()
+        finally:
+            self.prober.stopped.set()
+            self.watcher.close()
+        return self.exit_code
+
+    def step(self) -> None:
+        now = time.monotonic()
+        timeout = max(0.0, self.next_deadline(now) - now)
+        try:
+            item: object | None = self.inbox.get(timeout=timeout)
+        except queue.Empty:
+            item = None
+        try:
+            if item is not None:
+                self.handle(item)
+            self.on_timers(time.monotonic())
+        except UserError as exc:
+            self.report_error(str(exc))
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            self.report_error(f"docker: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+
+    def next_deadline(self, now: float) -> float:
+        deadlines = [self.next_resync]
+        deadlines += [s.backoff_until for s in self.services.values() if s.backoff_until is not None]
+        if self.notifier.watchdog_interval:
+            deadlines.append(self.next_watchdog)
+        return max(now, min(deadlines))
+
+    def report_error(self, message: str) -> None:
+        # A permanent error is reported once; the periodic resync keeps retrying quietly.
+        if message != self.last_error:
+            log.error("action failed, will retry", error=message)
+            self.last_error = message
+        self.next_resync = time.monotonic() + RETRY_AFTER_ERROR
+
+    # --- inputs ------------------------------------------------------------------------------
+
+    def handle(self, item: object) -> None:
+        if isinstance(item, Signalled):
+            self.on_signal(item.signum)
+        elif isinstance(item, EngineEvent):
+            self.on_event(item.event)
+        elif isinstance(item, Probed):
+            self.on_probe(item)
+        elif isinstance(item, EngineLost):
+            if self.engine_up:
+                log.error("lost the Docker engine, reconnecting", error=item.error)
+            self.engine_up = False
+            self.notifier.status("Docker engine unreachable, reconnecting")
+        elif isinstance(item, EngineBack):
+            log.info("Docker engine reachable again, reconverging")
+            self.engine_up = True
+            self.recover_after_engine_loss()
+
+    def on_signal(self, signum: int) -> None:
+        if signum == signal.SIGHUP:
+            self.reload()
+            return
+        log.info("stopping", signal=signal.Signals(signum).name)
+        self.shutdown()
+        self.exit_code = EXIT_OK
+
+    def service_of(self, container_id: str) -> str | None:
+        for service, container in self.containers.items():
+            if container.id == container_id:
+                return service
+        return None
+
+    def on_event(self, event: dict[str, Any]) -> None:
+        action = str(event.get("Action") or event.get("status") or "")
+        actor = event.get("Actor") or {}
+        container_id = str(actor.get("ID") or event.get("id") or "")
+        service = self.service_of(container_id)
+        attributes = actor.get("Attributes") or {}
+        if action.startswith(("exec_", "health_status")):
+            log.debug("container event", action=action, service=service)
+            return
+        if service is None or not self.engine_up:
+            return
+        name = self.containers[service].name
+        if action == "oom":
+            log.warning("container ran out of memory", service=service, container=name)
+            self.services[service].last_problem = "out of memory"
+        elif action in ("die", "destroy"):
+            current = self.engine.inspect(container_id)
+            if current is not None and current.running:
+                return  # already running again (our own kill for a hang, or a quick resync)
+            exit_code = current.exit_code if current else int(attributes.get("exitCode", -1) or -1)
+            oom = bool(current and current.oom_killed)
+            reason = "container removed" if current is None else f"exited with code {exit_code}"
+            if oom:
+                reason += " (killed for lack of memory)"
+            log.warning(
+                "container died",
+                service=service,
+                container=name,
+                exit_code=exit_code,
+                reason=reason,
+            )
+            self.decide(service, self.services[service].exited(time.monotonic(), exit_code, reason))
+
+    def on_probe(self, probed: Probed) -> None:
+        current = self.containers.get(probed.service)
+        if not self.engine_up or current is None or current.id != probed.container_id:
+            return
+        state = self.services[probed.service]
+        before = state.state
+        decision = state.probed(time.monotonic(), probed.result.ok, probed.result.detail)
+        if not probed.result.ok and state.failed_probes:
+            log.warning(
+                "probe failed",
+                service=probed.service,
+                container=current.name,
+                failures=state.failed_probes,
+                detail=probed.result.detail,
+            )
+        if decision is Decision.RESPAWN or decision is Decision.WAIT:
+            log.warning("container hung, killing it", service=probed.service, container=current.name)
+            self.engine.kill_and_wait(current)
+        self.decide(probed.service, decision)
+        if state.state is not before:
+            self.publish_status()
+        if self.ready_pending:
+            self.check_ready()
+
+    def on_timers(self, now: float) -> None:
+        if self.notifier.watchdog_interval and now >= self.next_watchdog:
+            self.notifier.watchdog()
+            self.next_watchdog = now + self.notifier.watchdog_interval
+        for service, state in self.services.items():
+            if state.backoff_over(now):
+                self.respawn(service)
+        if now >= self.next_resync:
+            self.next_resync = now + RESYNC_INTERVAL
+            if self.engine_up:
+                self.resync()
+
+    # --- decisions and actions ---------------------------------------------------------------
+
+    def decide(self, service: str, decision: Decision) -> None:
+        state = self.services[service]
+        if decision is Decision.RESPAWN:
+            self.respawn(service)
+        elif decision is Decision.WAIT:
+            log.info("respawn delayed", service=service, seconds=round(state.backoff.current, 2))
+            self.publish_status()
+        elif decision is Decision.GIVE_UP:
+            log.error(
+                f"{service} respawning too fast, stopped",
+                service=service,
+                respawns=state.limit.count,
+                interval=self.settings.respawn.interval,
+                last_problem=state.last_problem,
+            )
+            self.shutdown(force=True)
+            self.exit_code = EXIT_RESPAWN_LIMIT
+
+    def respawn(self, service: str) -> None:
+        state = self.services[service]
+        log.info(
+            "respawning",
+            service=service,
+            container=self.containers[service].name,
+            respawns_in_window=state.respawns_in_window(time.monotonic()),
+            reason=state.last_problem,
+        )
+        self.converge(self.prepared)
+
+    def converge(self, prepared: statefiles.Prepared) -> None:
+        result = stack.converge(self.settings, self.engine, prepared)
+        # Files were reloaded into nginx if they changed: later passes need not do it again.
+        self.prepared = replace(prepared, nginx_files_changed=False)
+        now = time.monotonic()
+        for service, container in result.containers.items():
+            self.containers[service] = container
+            state = self.services[service]
+            if service in result.changed or state.state in (State.STOPPED, State.BACKOFF):
+                state.started(now)
+        self.last_error = ""
+        self.refresh_probe_targets()
+        self.publish_status()
+
+    def resync(self) -> None:
+        """Treat any supervised container found not running as an exit the events missed."""
+        actual = {c.service: c for c in self.engine.containers()}
+        for service, state in self.services.items():
+            if state.state not in (State.STARTING, State.RUNNING, State.STOPPED):
+                continue
+            container = actual.get(service)
+            if state.state is State.STOPPED or (container is None and service not in self.containers):
+                self.converge(self.prepared)
+                return
+            if container is None or not container.running:
+                code = container.exit_code if container else -1
+                log.warning("container found not running", service=service, exit_code=code)
+                self.decide(service, state.exited(time.monotonic(), code, "found not running"))
+                return
+
+    def recover_after_engine_loss(self) -> None:
+        # dockerd restarts stop every container: bring them back without counting respawns.
+        for state in self.services.values():
+            state.stopped(time.monotonic())
+        self.converge(self.prepared)
+        self.ready_pending = True
+
+    def refresh_probe_targets(self) -> None:
+        if not hasattr(self, "prober"):
+            return
+        targets: dict[str, Target] = {}
+        registry = self.containers.get(SERVICE_REGISTRY)
+        if registry is not None and registry.ip(self.settings.name):
+            targets[SERVICE_REGISTRY] = Target(registry.id, registry.ip(self.settings.name), REGISTRY_PORT)
+        nginx = self.containers.get(SERVICE_NGINX)
+        if nginx is not None:
+            listen = self.settings.listen
+            targets[SERVICE_NGINX] = Target(nginx.id, _loopback_for(listen.host), listen.port)
+        self.prober.targets = targets
+        self.prober.interval = self.settings.health.interval
+        self.prober.timeout = self.settings.health.timeout
+
+    def check_ready(self) -> None:
+        if not all(s.state is State.RUNNING for s in self.services.values()):
+            return
+        nginx = self.containers[SERVICE_NGINX]
+        result = probes.probe_through_proxy(
+            nginx.ip(self.settings.name), NGINX_STATUS_PORT, self.settings.health.timeout
+        )
+        if result.ok:
+            self.ready_pending = False
+            self.notifier.ready(self.status_line())
+            log.info("registry serving through the proxy", listen=str(self.settings.listen))
+
+    def reload(self) -> None:
+        self.notifier.reloading()
+        log.info("reloading configuration", config=str(self.config_path))
+        try:
+            new = load_settings(self.config_path)
+            if (new.name, new.docker.host, new.state_dir) != (
+                self.settings.name,
+                self.settings.docker.host,
+                self.settings.state_dir,
+            ):
+                raise UserError("name, docker.host and state_dir cannot change on reload: restart")
+            prepared = stack.prepare_files(new)
+        except UserError as exc:
+            log.error("config reload failed, keeping the running configuration", error=str(exc))
+            self.notifier.ready(self.status_line())
+            return
+        old = self.settings
+        self.settings = new
+        for state in self.services.values():
+            state.reconfigure(new.respawn, new.health)
+        self.converge(prepared)
+        log.info(
+            "configuration reloaded",
+            config=str(self.config_path),
+            changed=",".join(
+                sorted(
+                    k
+                    for k in ("proxy", "registry", "auth", "tls", "respawn", "health", "docker")
+                    if getattr(old, k) != getattr(new, k)
+                )
+            )
+            or "nothing",
+        )
+        self.ready_pending = True
+        self.notifier.ready(self.status_line())
+
+    def shutdown(self, force: bool = False) -> None:
+        self.notifier.stopping()
+        if hasattr(self, "prober"):
+            self.prober.stopped.set()
+        for state in self.services.values():
+            if state.state is not State.FAILED:
+                state.stopped(time.monotonic())
+        if self.settings.stop_on_exit or force:
+            for service in reversed(SERVICE_ORDER):
+                container = self.containers.get(service)
+                if container is not None:
+                    self.engine.stop(container, timeout=10)
+                    log.info("container stopped", service=service, container=container.name)
+        self.publish_status()
+
+    # --- reporting ---------------------------------------------------------------------------
+
+    def status_line(self) -> str:
+        now = time.monotonic()
+        parts = [f"{name} {state.state.value}" for name, state in self.services.items()]
+        respawns = sum(s.respawns_in_window(now) for s in self.services.values())
+        return f"{', '.join(parts)}, {respawns} respawns"
+
+    def publish_status(self) -> None:
+        now, wall = time.monotonic(), time.time()
+
+        def to_wall(t: float | None) -> float | None:
+            return None if t is None else round(wall - (now - t), 3)
+
+        report = {
+            "pid": os.getpid(),
+            "started_at": self.started_wall,
+            "updated_at": wall,
+            "services": {
+                name: {
+                    "supervision": state.state.value,
+                    "since": to_wall(state.since),
+                    "respawns_in_window": state.respawns_in_window(now),
+                    "respawns_total": state.respawns_total,
+                    "last_exit_code": state.last_exit_code,
+                    "last_problem": state.last_problem,
+                    "last_problem_at": to_wall(state.last_problem_at),
+                }
+                for name, state in self.services.items()
+            },
+        }
+        path = statefiles.layout(self.settings).status
+        atomic_write(path, json.dumps(report, indent=1).encode(), mode=0o644)
+        self.notifier.status(self.status_line())
+
+
+def run_daemon(config_path: Path) -> int:
+    settings = load_settings(config_path)
+    daemon = Daemon(config_path, settings)
+    return daemon.run()

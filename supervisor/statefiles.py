@@ -1,0 +1,128 @@
+"""Everything the stack needs on disk under state_dir, written before any container is touched.
+
+state_dir/             0700
+  http_secret          0600  REGISTRY_HTTP_SECRET, generated once
+  tls/                 0700  local CA and generated server certificate
+  nginx/               0750 root:nginx, mounted read-only at /etc/nginx/conf.d
+    registry.conf      generated nginx server config
+    server.crt, server.key (0600)
+    htpasswd           0640 root:nginx, bcrypt hashes
+  data/                registry blobs (unless registry.data_dir is set)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from supervisor import htpasswd, nginx_conf, tls
+from supervisor.const import (
+    HTPASSWD_FILE,
+    NGINX_CERT_FILE,
+    NGINX_CONF_FILE,
+    NGINX_GID,
+    NGINX_KEY_FILE,
+)
+from supervisor.fsutil import atomic_write, ensure_dir
+from supervisor.settings import Settings
+
+
+@dataclass(frozen=True)
+class Layout:
+    state: Path
+
+    @property
+    def http_secret(self) -> Path:
+        return self.state / "http_secret"
+
+    @property
+    def tls(self) -> Path:
+        return self.state / "tls"
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.tls / tls.CA_CERT
+
+    @property
+    def nginx(self) -> Path:
+        return self.state / "nginx"
+
+    @property
+    def htpasswd(self) -> Path:
+        return self.nginx / HTPASSWD_FILE
+
+    @property
+    def status(self) -> Path:
+        return self.state / "status.json"
+
+
+@dataclass(frozen=True)
+class Prepared:
+    http_secret: str
+    # True when nginx's files changed and a running nginx must reload them.
+    nginx_files_changed: bool
+    generated_ca: Path | None
+    cert_not_after: dt.datetime
+    users: htpasswd.Users
+
+
+def layout(settings: Settings) -> Layout:
+    return Layout(settings.state_path)
+
+
+def load_tls(settings: Settings, renew_before: dt.timedelta | None = None) -> tls.ServerPair:
+    if settings.tls.cert:
+        return tls.load_user_pair(Path(settings.tls.cert), Path(settings.tls.key))
+    paths = layout(settings)
+    ensure_dir(paths.tls, 0o700)
+    if renew_before is None:
+        return tls.ensure_generated(paths.tls, settings.proxy.server_name)
+    return tls.ensure_generated(paths.tls, settings.proxy.server_name, renew_before=renew_before)
+
+
+def _http_secret(path: Path) -> str:
+    try:
+        value = path.read_text().strip()
+    except FileNotFoundError:
+        value = ""
+    if not value:
+        value = secrets.token_urlsafe(32)
+        atomic_write(path, value.encode(), mode=0o600)
+    return value
+
+
+def ensure_user_dir(settings: Settings) -> None:
+    paths = layout(settings)
+    ensure_dir(paths.state, 0o700)
+    ensure_dir(paths.nginx, 0o750, gid=NGINX_GID)
+
+
+def prepare(settings: Settings) -> Prepared:
+    """Check the user's TLS pair, then write certs, config, secret and user file under state_dir."""
+    if settings.tls.cert:
+        # The user's pair is checked before anything is written.
+        pair = load_tls(settings)
+    paths = layout(settings)
+    ensure_user_dir(settings)
+    if not settings.tls.cert:
+        pair = load_tls(settings)
+    if not settings.registry.data_dir:
+        ensure_dir(settings.data_path, 0o700)
+    else:
+        settings.data_path.mkdir(parents=True, exist_ok=True)
+    conf = nginx_conf.render(
+        nginx_conf.ProxyConfig(server_name=settings.proxy.server_name, realm=settings.auth.realm)
+    )
+    changed = atomic_write(paths.nginx / NGINX_CONF_FILE, conf.encode(), mode=0o644)
+    changed |= atomic_write(paths.nginx / NGINX_CERT_FILE, pair.cert_pem, mode=0o644)
+    changed |= atomic_write(paths.nginx / NGINX_KEY_FILE, pair.key_pem, mode=0o600)
+    users = htpasswd.ensure_file(paths.htpasswd, gid=NGINX_GID)
+    return Prepared(
+        http_secret=_http_secret(paths.http_secret),
+        nginx_files_changed=changed,
+        generated_ca=None if settings.tls.cert else paths.ca_cert,
+        cert_not_after=pair.not_after,
+        users=users,
+    )
