@@ -436,6 +436,7 @@ class Daemon:
         if result.ok:
             self.ready_pending = False
             self.notifier.ready(self.status_line())
+            self.publish_status()
             log.info("registry serving through the proxy", listen=str(self.settings.listen))
 
     def reload(self) -> None:
@@ -507,6 +508,7 @@ class Daemon:
             "pid": os.getpid(),
             "started_at": self.started_wall,
             "updated_at": wall,
+            "ready": not self.ready_pending,
             "services": {
                 name: {
                     "supervision": state.state.value,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import signal
@@ -34,7 +35,7 @@ def client() -> docker.DockerClient:
     try:
         client = docker.from_env(timeout=120)
         client.ping()
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         if _engine_required():
             pytest.fail(f"no Docker engine reachable ({exc}); run the tests through tests/run")
         pytest.skip(f"no Docker engine reachable: {exc}")
@@ -78,6 +79,7 @@ class Stack:
 
     def __post_init__(self) -> None:
         self.log_path = self.root / "daemon.log"
+        self.root.mkdir(parents=True, exist_ok=True)
         self.write_config()
 
     @property
@@ -104,17 +106,22 @@ class Stack:
         self.config_path.write_text(
             f'name = "{self.name}"\n'
             f'state_dir = "{self.state_dir}"\n'
-            "[docker]\npull = \"never\"\n"
+            '[docker]\npull = "never"\n'
             f'[registry]\nimage = "{REGISTRY_IMAGE}"\n'
             f'[proxy]\nimage = "{NGINX_IMAGE}"\nlisten = "127.0.0.1:{self.listen_port}"\n'
-            "[health]\ninterval = 0.5\ntimeout = 1.0\nfailures = 3\nstart_period = 5.0\n"
-            + self.extra_config
+            "[health]\ninterval = 0.5\ntimeout = 1.0\nfailures = 3\nstart_period = 5.0\n" + self.extra_config
         )
 
-    def cli(self, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, *args: str, stdin: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
             [sys.executable, "-m", "supervisor", *args, "--config", str(self.config_path)],
-            input=stdin, capture_output=True, text=True, cwd=REPO, timeout=300,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            timeout=300,
         )
         if check:
             assert result.returncode == 0, result.stderr
@@ -123,9 +130,20 @@ class Stack:
     def start_daemon(self, wait: bool = True) -> subprocess.Popen[str]:
         log = self.log_path.open("a")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "supervisor", "run", "--config", str(self.config_path),
-             "--log-format", "json"],
-            stdout=log, stderr=subprocess.STDOUT, cwd=REPO, text=True,
+            [
+                sys.executable,
+                "-m",
+                "supervisor",
+                "run",
+                "--config",
+                str(self.config_path),
+                "--log-format",
+                "json",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+            text=True,
         )
         if wait:
             self.wait_serving()
@@ -151,12 +169,23 @@ class Stack:
         except (requests.RequestException, ssl.SSLError, OSError):
             return False
 
+    def daemon_report(self) -> dict:
+        try:
+            return json.loads((self.state_dir / "status.json").read_text())
+        except (FileNotFoundError, ValueError):
+            return {}
+
+    def daemon_ready(self) -> bool:
+        report = self.daemon_report()
+        return self.process is None or (report.get("pid") == self.process.pid and report.get("ready"))
+
     def wait_serving(self, auth: tuple[str, str] | None = None, timeout: float = 60) -> float:
+        """Wait until the daemon we started says it is ready and the proxy answers."""
         start = time.monotonic()
         while time.monotonic() - start < timeout:
             if self.process is not None and self.process.poll() is not None:
                 raise AssertionError(f"daemon exited {self.process.returncode}:\n{self.log()[-3000:]}")
-            if self.serving(auth):
+            if self.daemon_ready() and self.serving(auth):
                 return time.monotonic() - start
             time.sleep(0.05)
         raise AssertionError(f"not serving after {timeout}s:\n{self.log()[-3000:]}")
@@ -187,10 +216,9 @@ def make_stack(client, tmp_path):
     stacks: list[Stack] = []
 
     def make(extra_config: str = "") -> Stack:
-        stack = Stack(client, tmp_path / f"s{len(stacks)}", f"rt{secrets.token_hex(4)}", free_port(),
-                      extra_config)
-        stack.root.mkdir()
-        stack.write_config()
+        stack = Stack(
+            client, tmp_path / f"s{len(stacks)}", f"rt{secrets.token_hex(4)}", free_port(), extra_config
+        )
         stacks.append(stack)
         return stack
 

@@ -11,6 +11,7 @@ import subprocess
 import tarfile
 from pathlib import Path
 
+import docker
 import pytest
 import requests
 
@@ -19,8 +20,9 @@ PASSWORD = "correct horse battery"
 
 def docker_cli(*args: str, config_dir: Path, stdin: str | None = None, check: bool = True):
     env = {**os.environ, "DOCKER_CONFIG": str(config_dir)}
-    result = subprocess.run(["docker", *args], input=stdin, capture_output=True, text=True, env=env,
-                            timeout=300)
+    result = subprocess.run(
+        ["docker", *args], input=stdin, capture_output=True, text=True, env=env, timeout=300
+    )
     if check:
         assert result.returncode == 0, f"docker {' '.join(args)}: {result.stderr}"
     return result
@@ -36,8 +38,12 @@ def make_test_image(client, tag: str) -> str:
         info = tarfile.TarInfo("payload")
         info.size = len(payload)
         tar.addfile(info, io.BytesIO(payload.encode()))
-    client.api.import_image_from_data(data.getvalue(), repository=tag.rsplit(":", 1)[0],
-                                      tag=tag.rsplit(":", 1)[1], changes=['CMD ["/bin/busybox", "cat", "/payload"]'])
+    client.api.import_image_from_data(
+        data.getvalue(),
+        repository=tag.rsplit(":", 1)[0],
+        tag=tag.rsplit(":", 1)[1],
+        changes=['CMD ["/bin/busybox", "cat", "/payload"]'],
+    )
     return payload
 
 
@@ -123,7 +129,7 @@ def test_stray_project_containers_are_removed(stack, client):
         "registry:2", name=f"{stack.name}-old", labels={"io.regsupervisor.project": stack.name}
     )
     stack.start_daemon()
-    with pytest.raises(Exception):
+    with pytest.raises(docker.errors.NotFound):
         client.containers.get(stray.id)
 
 
@@ -149,8 +155,14 @@ def _push_blob(stack, auth, repo: str, blob: bytes) -> str:
     assert start.status_code == 202, start.text
     location = start.headers["Location"]
     sep = "&" if "?" in location else "?"
-    put = requests.put(f"{location}{sep}digest={digest}", data=blob, auth=auth, verify=stack.ca,
-                       headers={"Content-Type": "application/octet-stream"}, timeout=30)
+    put = requests.put(
+        f"{location}{sep}digest={digest}",
+        data=blob,
+        auth=auth,
+        verify=stack.ca,
+        headers={"Content-Type": "application/octet-stream"},
+        timeout=30,
+    )
     assert put.status_code == 201, put.text
     return digest
 
@@ -195,7 +207,9 @@ def test_missing_image_that_cannot_be_pulled(stack):
 
 
 def test_engine_unreachable(stack, tmp_path):
-    text = stack.config_path.read_text().replace("[docker]\n", f'[docker]\nhost = "unix://{tmp_path}/no.sock"\n')
+    text = stack.config_path.read_text().replace(
+        "[docker]\n", f'[docker]\nhost = "unix://{tmp_path}/no.sock"\n'
+    )
     stack.config_path.write_text(text)
     result = stack.cli("status", check=False)
     assert result.returncode == 1

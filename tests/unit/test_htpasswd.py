@@ -69,4 +69,6 @@ def test_write_is_atomic(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         htpasswd.add_user(path, "bob", "pw", gid=None)
     assert path.read_bytes() == before
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".htpasswd.") and not p.name.endswith(".lock")] == []
+    assert [
+        p.name for p in tmp_path.iterdir() if p.name.startswith(".htpasswd.") and not p.name.endswith(".lock")
+    ] == []

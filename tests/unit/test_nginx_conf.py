@@ -42,8 +42,10 @@ def test_refuses_injection(field, value):
         render(ProxyConfig(**kwargs))
 
 
-@pytest.mark.skipif(shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists(),
-                    reason="needs Debian's nginx binary (installed by tests/setup)")
+@pytest.mark.skipif(
+    shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists(),
+    reason="needs Debian's nginx binary (installed by tests/setup)",
+)
 def test_debian_nginx_accepts_it(tmp_path):
     """`nginx -t` with Debian's 1.22, the paths rewritten to a scratch prefix."""
     conf_dir = tmp_path / "conf.d"
@@ -64,7 +66,8 @@ def test_debian_nginx_accepts_it(tmp_path):
         f" access_log off; include {conf_dir}/*.conf; }}\n"
     )
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-    result = subprocess.run([nginx, "-t", "-p", str(tmp_path), "-c", str(main)],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [nginx, "-t", "-p", str(tmp_path), "-c", str(main)], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr
     assert "[warn]" not in result.stderr, result.stderr

@@ -22,7 +22,7 @@ def test_shipped_config_is_the_defaults(tmp_path):
 
 def test_shipped_config_documents_every_key():
     text = SHIPPED.read_text()
-    for key, value in _flat(effective_settings(load_settings(SHIPPED))):
+    for key, _value in _flat(effective_settings(load_settings(SHIPPED))):
         section, _, leaf = key.rpartition(".")
         assert f"\n{leaf} = " in text, f"{key} is not documented in config.toml"
         if section:
@@ -50,21 +50,21 @@ def test_environment_overrides_file(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("[proxy]\nserver_name = \"a;b\"\n", "proxy.server_name"),
-        ("[proxy]\nserver_name = \"a\\nreturn 200\"\n", "proxy.server_name"),
+        ('[proxy]\nserver_name = "a;b"\n', "proxy.server_name"),
+        ('[proxy]\nserver_name = "a\\nreturn 200"\n', "proxy.server_name"),
         ("[auth]\nrealm = 'x\" ; auth_basic off; #'\n", "auth.realm"),
-        ("[proxy]\nlisten = \"127.0.0.1:70000\"\n", "proxy.listen"),
-        ("[proxy]\nlisten = \"example.com:443\"\n", "proxy.listen"),
-        ("[registry]\npublish = \"5000:5000:1\"\n", "registry.publish"),
-        ("[registry]\nimage = \"registry:2; rm -rf /\"\n", "registry.image"),
-        ("[registry]\ndata_dir = \"relative/path\"\n", "registry.data_dir"),
-        ("[docker]\npull = \"sometimes\"\n", "docker.pull"),
-        ("[tls]\ncert = \"/etc/cert.pem\"\n", "tls"),
+        ('[proxy]\nlisten = "127.0.0.1:70000"\n', "proxy.listen"),
+        ('[proxy]\nlisten = "example.com:443"\n', "proxy.listen"),
+        ('[registry]\npublish = "5000:5000:1"\n', "registry.publish"),
+        ('[registry]\nimage = "registry:2; rm -rf /"\n', "registry.image"),
+        ('[registry]\ndata_dir = "relative/path"\n', "registry.data_dir"),
+        ('[docker]\npull = "sometimes"\n', "docker.pull"),
+        ('[tls]\ncert = "/etc/cert.pem"\n', "tls"),
         ("[respawn]\nlimit = -1\n", "respawn.limit"),
         ("[health]\ninterval = 0\n", "health.interval"),
-        ("[proxy]\nlisen = \"1\"\n", "proxy.lisen: unknown key"),
-        ("name = \"UPPER\"\n", "name"),
-        ("state_dir = \"\"\n", "state_dir"),
+        ('[proxy]\nlisen = "1"\n', "proxy.lisen: unknown key"),
+        ('name = "UPPER"\n', "name"),
+        ('state_dir = ""\n', "state_dir"),
     ],
 )
 def test_bad_values_name_the_key(tmp_path, text, message):
@@ -78,7 +78,7 @@ def test_bad_values_name_the_key(tmp_path, text, message):
 
 def test_bad_env_value_names_the_variable(tmp_path, monkeypatch):
     monkeypatch.setenv("REGSUPERVISOR_HEALTH__FAILURES", "many")
-    with pytest.raises(ConfigError, match="REGSUPERVISOR_HEALTH__FAILURES: health.failures"):
+    with pytest.raises(ConfigError, match=r"REGSUPERVISOR_HEALTH__FAILURES: health\.failures"):
         load_settings(write(tmp_path, ""))
 
 

@@ -14,21 +14,31 @@ def settings_from(tmp_path: Path, text: str = ""):
 
 
 def fake_container(spec, running=True, config_hash=None, name=None):
-    return Container({
-        "Id": (name or spec.name) + "-id",
-        "Name": "/" + (name or spec.name),
-        "Config": {"Labels": {LABEL_PROJECT: spec.project, LABEL_SERVICE: spec.service,
-                              LABEL_CONFIG_HASH: config_hash or spec.config_hash},
-                   "Image": spec.image},
-        "State": {"Status": "running" if running else "exited", "Running": running},
-    })
+    return Container(
+        {
+            "Id": (name or spec.name) + "-id",
+            "Name": "/" + (name or spec.name),
+            "Config": {
+                "Labels": {
+                    LABEL_PROJECT: spec.project,
+                    LABEL_SERVICE: spec.service,
+                    LABEL_CONFIG_HASH: config_hash or spec.config_hash,
+                },
+                "Image": spec.image,
+            },
+            "State": {"Status": "running" if running else "exited", "Running": running},
+        }
+    )
 
 
 def test_stack_shape(tmp_path):
     stack = desired_stack(settings_from(tmp_path, '[registry]\npublish = "127.0.0.1:5000"\n'), "s3")
     registry, nginx = stack.containers
     assert (registry.name, nginx.name, stack.network) == (
-        "regsupervisor-registry", "regsupervisor-nginx", "regsupervisor")
+        "regsupervisor-registry",
+        "regsupervisor-nginx",
+        "regsupervisor",
+    )
     assert registry.aliases == ("registry",)
     assert registry.port_bindings == {"5000/tcp": ("127.0.0.1", 5000)}
     assert nginx.port_bindings == {"443/tcp": ("0.0.0.0", 5443)}
