@@ -44,8 +44,13 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, requests.exceptions.ConnectionError | requests.exceptions.Timeout):
         return True
     if isinstance(exc, docker.errors.APIError) and exc.is_server_error():
-        return not _is_port_conflict(exc) and "No such image" not in str(exc)
+        text = str(exc).lower()
+        return not _is_port_conflict(exc) and not any(word in text for word in _PERMANENT)
     return False
+
+
+# Engine 5xx answers that no retry will change.
+_PERMANENT = ("no such image", "manifest unknown", "not found", "unauthorized", "denied")
 
 
 def _is_port_conflict(exc: BaseException) -> bool:
@@ -234,7 +239,7 @@ class Engine:
             reason = getattr(exc, "explanation", None) or str(exc)
             raise UserError(f"cannot pull image {ref!r}: {str(reason).splitlines()[0][:300]}") from None
 
-    @retrying(max_seconds=60)
+    @retrying(max_seconds=10)
     def _pull(self, repo: str, tag: str, ref: str) -> None:
         layers_done = 0
         for event in self.api.pull(repo, tag=tag, stream=True, decode=True):
