@@ -265,6 +265,7 @@ class Engine:
             binds={m.source: {"bind": m.target, "mode": "ro" if m.read_only else "rw"} for m in spec.mounts},
             port_bindings=spec.port_bindings,
             restart_policy={"Name": "no"},
+            mem_limit=spec.memory or None,
             init=False,
         )
         networking = self.api.create_networking_config(

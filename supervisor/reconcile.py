@@ -69,11 +69,18 @@ class Outcome:
     changed: frozenset[str]  # services whose container was created, recreated or started
 
 
-def execute(engine: Engine, stack: StackSpec, actions: Sequence[Action]) -> Outcome:
+def execute(
+    engine: Engine, stack: StackSpec, actions: Sequence[Action], only: frozenset[str] | None = None
+) -> Outcome:
+    """Carry out the plan; with `only`, act on those services and leave the others as they are."""
     engine.ensure_network(stack.network)
     containers: dict[str, Container] = {}
     changed: set[str] = set()
     for action in actions:
+        if only is not None and (action.spec is None or action.spec.service not in only):
+            if action.spec is not None and action.container is not None:
+                containers[action.spec.service] = action.container
+            continue
         if action.verb is Verb.REMOVE:
             assert action.container is not None
             engine.remove(action.container)

@@ -107,7 +107,14 @@ def _check_optional_abs_path(value: str) -> str:
     return value
 
 
+def _check_memory(value: str) -> str:
+    if value and not re.fullmatch(r"[1-9][0-9]*[kmg]?", value):
+        raise ValueError(f"{value!r} is not a size like 512m or 2g")
+    return value
+
+
 ImageRef = Annotated[str, AfterValidator(_check_image)]
+MemoryLimit = Annotated[str, AfterValidator(_check_memory)]
 OptionalHostPort = Annotated[str, AfterValidator(_check_optional_host_port)]
 OptionalAbsPath = Annotated[str, AfterValidator(_check_optional_abs_path)]
 AbsPath = Annotated[str, Field(min_length=1), AfterValidator(_check_optional_abs_path)]
@@ -126,12 +133,14 @@ class RegistrySettings(Section):
     image: ImageRef = "registry:2"
     data_dir: OptionalAbsPath = ""
     publish: OptionalHostPort = ""
+    memory: MemoryLimit = ""
 
 
 class ProxySettings(Section):
     image: ImageRef = "nginx:1.28"
     listen: Annotated[str, Field(min_length=1), AfterValidator(_check_optional_host_port)] = "0.0.0.0:5443"
     server_name: Annotated[str, Field(max_length=253), _matches(_SERVER_NAME_RE, "host name")] = "localhost"
+    memory: MemoryLimit = ""
 
 
 class TLSSettings(Section):

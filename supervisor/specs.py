@@ -51,6 +51,7 @@ class ContainerSpec:
     environment: tuple[tuple[str, str], ...] = ()
     mounts: tuple[Mount, ...] = ()
     ports: tuple[PortBinding, ...] = ()
+    memory: str = ""  # Docker's mem_limit, e.g. "512m"; empty: no limit
     stop_signal: str = "SIGTERM"
     stop_timeout: int = 10
     project: str = field(default="", compare=False)
@@ -101,6 +102,7 @@ def desired_stack(settings: Settings, http_secret: str) -> StackSpec:
         ),
         mounts=(Mount(str(settings.data_path), REGISTRY_DATA_IN_CONTAINER, read_only=False),),
         ports=(PortBinding(REGISTRY_PORT, publish),) if publish else (),
+        memory=settings.registry.memory,
         project=project,
     )
     nginx = ContainerSpec(
@@ -110,6 +112,7 @@ def desired_stack(settings: Settings, http_secret: str) -> StackSpec:
         network=network,
         mounts=(Mount(str(layout(settings).nginx), NGINX_CONF_DIR_IN_CONTAINER, read_only=True),),
         ports=(PortBinding(NGINX_TLS_PORT, settings.listen),),
+        memory=settings.proxy.memory,
         # nginx's graceful shutdown, as in the upstream image.
         stop_signal="SIGQUIT",
         project=project,

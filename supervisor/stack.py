@@ -47,17 +47,26 @@ def prepare_files(settings: Settings) -> statefiles.Prepared:
     return prepared
 
 
-def converge(settings: Settings, engine: Engine, prepared: statefiles.Prepared) -> Converged:
+def converge(
+    settings: Settings,
+    engine: Engine,
+    prepared: statefiles.Prepared,
+    only: frozenset[str] | None = None,
+) -> Converged:
+    """Make the containers match the settings. `only` limits the changes to those services: a
+    respawn must not restart the other service as a side effect."""
     stack = specs.desired_stack(settings, prepared.http_secret)
     for spec in stack.containers:
-        engine.ensure_image(spec.image, settings.docker.pull)
+        if only is None or spec.service in only:
+            engine.ensure_image(spec.image, settings.docker.pull)
     actions = reconcile.plan(stack, engine.containers())
-    outcome = reconcile.execute(engine, stack, actions)
+    outcome = reconcile.execute(engine, stack, actions, only)
     nginx = outcome.containers.get(SERVICE_NGINX)
     # nginx resolves "registry" and reads its files only when it starts: a kept nginx must reload
     # after the registry got a new container or its own files changed.
     if (
         nginx is not None
+        and nginx.running
         and SERVICE_NGINX not in outcome.changed
         and (SERVICE_REGISTRY in outcome.changed or prepared.nginx_files_changed)
     ):
