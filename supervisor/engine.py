@@ -266,6 +266,12 @@ class Engine:
             port_bindings=spec.port_bindings,
             restart_policy={"Name": "no"},
             mem_limit=spec.memory or None,
+            cap_drop=["ALL"],
+            cap_add=list(spec.cap_add) or None,
+            security_opt=["no-new-privileges"],
+            read_only=True,
+            tmpfs={path: "rw,nosuid,nodev,size=64m" for path in spec.tmpfs},
+            pids_limit=spec.pids_limit,
             init=False,
         )
         networking = self.api.create_networking_config(

@@ -22,6 +22,12 @@ from supervisor.const import (
 )
 
 
+# A docker client meets one 401 (the challenge) per login or session; a brute force meets thousands.
+AUTH_FAILURES_PER_MINUTE = 30
+AUTH_FAILURES_BURST = 20
+AUTH_FAILURES_PORT = 8081
+
+
 @dataclass(frozen=True)
 class ProxyConfig:
     server_name: str
@@ -37,6 +43,10 @@ upstream docker-registry {{
     server {upstream};
     keepalive 16;
 }}
+
+# Failed logins per client address: a brute force gets 429 while everyone else is served.
+limit_req_zone $http_x_regsupervisor_client zone=regsupervisor_auth_failed:1m rate={auth_failures_per_minute}r/m;
+limit_conn_zone $binary_remote_addr zone=regsupervisor_conn_per_ip:10m;
 
 # Add the API version header to nginx's own responses (its 401s) without doubling the registry's.
 map $upstream_http_docker_distribution_api_version $docker_distribution_api_version {{
@@ -56,6 +66,14 @@ server {{
     ssl_session_timeout 1d;
     ssl_session_tickets off;
 
+    # Slow or oversized clients must not tie up the proxy.
+    client_header_timeout 10s;
+    client_body_timeout 60s;
+    send_timeout 60s;
+    keepalive_timeout 65s;
+    large_client_header_buffers 4 16k;
+    limit_conn regsupervisor_conn_per_ip 256;
+
     # Disable any limit on the body: layers are large (HTTP 413 otherwise).
     client_max_body_size 0;
     # Needed by old nginx to avoid HTTP 411 on chunked uploads.
@@ -70,6 +88,8 @@ server {{
         auth_basic "{realm}";
         auth_basic_user_file {conf_dir}/{htpasswd};
         add_header Docker-Distribution-Api-Version $docker_distribution_api_version always;
+        add_header Strict-Transport-Security "max-age=63072000" always;
+        error_page 401 = @auth_failed;
 
         proxy_pass http://docker-registry;
         proxy_http_version 1.1;
@@ -88,8 +108,37 @@ server {{
         proxy_max_temp_file_size 0;
     }}
 
+    # Every 401 (a missing or wrong password) is answered by the internal counter below, keyed by
+    # the client's address, which turns a brute force into 429s. (limit_req cannot run here: it
+    # is evaluated once per request, and the request already passed /v2/'s preaccess phase.)
+    location @auth_failed {{
+        proxy_pass http://127.0.0.1:{failures_port};
+        proxy_method GET;
+        proxy_pass_request_body off;
+        proxy_set_header Content-Length "";
+        proxy_set_header X-Regsupervisor-Client $remote_addr;
+        proxy_set_header Authorization "";
+        proxy_hide_header WWW-Authenticate;
+        add_header Docker-Distribution-Api-Version registry/2.0 always;
+        add_header Strict-Transport-Security "max-age=63072000" always;
+    }}
+
     location / {{
         return 404;
+    }}
+}}
+
+# Internal failed-login counter, reachable only inside the container.
+server {{
+    listen 127.0.0.1:{failures_port};
+    access_log off;
+
+    location / {{
+        limit_req zone=regsupervisor_auth_failed burst={auth_failures_burst} nodelay;
+        limit_req_status 429;
+        # A 401 from the access phase, which runs after limit_req (`return` would run before it).
+        auth_basic "{realm}";
+        auth_basic_user_file {conf_dir}/{htpasswd};
     }}
 }}
 
@@ -130,5 +179,8 @@ def render(config: ProxyConfig) -> str:
         htpasswd=HTPASSWD_FILE,
         realm=config.realm,
         status_port=NGINX_STATUS_PORT,
+        auth_failures_per_minute=AUTH_FAILURES_PER_MINUTE,
+        failures_port=AUTH_FAILURES_PORT,
+        auth_failures_burst=AUTH_FAILURES_BURST,
         status_path=NGINX_STATUS_PATH,
     )

@@ -52,6 +52,10 @@ class ContainerSpec:
     mounts: tuple[Mount, ...] = ()
     ports: tuple[PortBinding, ...] = ()
     memory: str = ""  # Docker's mem_limit, e.g. "512m"; empty: no limit
+    # Least privilege: every capability dropped but these, no setuid gains, read-only root.
+    cap_add: tuple[str, ...] = ()
+    tmpfs: tuple[str, ...] = ()
+    pids_limit: int = 256
     stop_signal: str = "SIGTERM"
     stop_timeout: int = 10
     project: str = field(default="", compare=False)
@@ -103,6 +107,7 @@ def desired_stack(settings: Settings, http_secret: str) -> StackSpec:
         mounts=(Mount(str(settings.data_path), REGISTRY_DATA_IN_CONTAINER, read_only=False),),
         ports=(PortBinding(REGISTRY_PORT, publish),) if publish else (),
         memory=settings.registry.memory,
+        tmpfs=("/tmp",),
         project=project,
     )
     nginx = ContainerSpec(
@@ -113,6 +118,10 @@ def desired_stack(settings: Settings, http_secret: str) -> StackSpec:
         mounts=(Mount(str(layout(settings).nginx), NGINX_CONF_DIR_IN_CONTAINER, read_only=True),),
         ports=(PortBinding(NGINX_TLS_PORT, settings.listen),),
         memory=settings.proxy.memory,
+        # bind 443, switch to the nginx user, chown its temp dirs (created at start in the tmpfs)
+        cap_add=("NET_BIND_SERVICE", "SETUID", "SETGID", "CHOWN"),
+        # Debian's build keeps temp files in /var/lib/nginx, upstream's in /var/cache/nginx.
+        tmpfs=("/var/lib/nginx", "/var/cache/nginx", "/run", "/tmp"),
         # nginx's graceful shutdown, as in the upstream image.
         stop_signal="SIGQUIT",
         project=project,
