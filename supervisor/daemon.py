@@ -147,8 +147,8 @@ class Prober(threading.Thread):
     def __init__(self, service: str, inbox: queue.SimpleQueue[object], health: HealthSettings) -> None:
         super().__init__(name=f"probe-{service}", daemon=True)
         self.service, self.inbox, self.health = service, inbox, health
-        self.check = probes.probe_registry if service == SERVICE_REGISTRY else probes.probe_proxy
         self.target: Target | None = None
+        self.token = ""
         self.stopped = threading.Event()
 
     def run(self) -> None:
@@ -157,7 +157,11 @@ class Prober(threading.Thread):
             next_at = max(next_at + self.health.interval, time.monotonic())
             target = self.target
             if target is not None:
-                result = self.check(target.host, target.port, self.health.timeout)
+                result = (
+                    probes.probe_registry(target.host, target.port, self.health.timeout)
+                    if self.service == SERVICE_REGISTRY
+                    else probes.probe_proxy(target.host, target.port, self.health.timeout, self.token)
+                )
                 self.inbox.put(Probed(self.service, target.container_id, result))
 
 
@@ -310,7 +314,26 @@ class Daemon:
                 exit_code=exit_code,
                 reason=reason,
             )
-            self.decide(service, self.services[service].exited(self.clock(), exit_code, reason))
+            self.on_exit(service, exit_code, reason)
+
+    def nginx_waits_for_registry(self) -> bool:
+        return self.services[SERVICE_REGISTRY].state is not State.RUNNING
+
+    def on_exit(self, service: str, exit_code: int, reason: str) -> None:
+        # nginx cannot start while "registry" does not resolve: rather than respawning it into a
+        # crash loop of its own, start it once the registry answers again.
+        if service == SERVICE_NGINX and self.nginx_waits_for_registry():
+            log.warning("nginx waits for the registry", service=service, exit_code=exit_code)
+            self.services[service].stopped(self.clock())
+            self.publish_status()
+            return
+        self.decide(service, self.services[service].exited(self.clock(), exit_code, reason))
+
+    def start_waiting_nginx(self) -> None:
+        nginx = self.services[SERVICE_NGINX]
+        if nginx.state is State.STOPPED and not self.nginx_waits_for_registry() and self.exit_code is None:
+            log.info("registry answers again, starting nginx", service=SERVICE_NGINX)
+            self.converge(self.prepared, only=frozenset({SERVICE_NGINX}))
 
     def on_probe(self, probed: Probed) -> None:
         current = self.containers.get(probed.service)
@@ -333,6 +356,8 @@ class Daemon:
         self.decide(probed.service, decision)
         if state.state is not before:
             self.publish_status()
+            if probed.service == SERVICE_REGISTRY:
+                self.start_waiting_nginx()
         if self.ready_pending:
             self.check_ready()
 
@@ -417,13 +442,15 @@ class Daemon:
             if state.state not in (State.STARTING, State.RUNNING, State.STOPPED):
                 continue
             container = actual.get(service)
+            if service == SERVICE_NGINX and self.nginx_waits_for_registry():
+                continue
             if state.state is State.STOPPED or (container is None and service not in self.containers):
                 self.converge(self.prepared)
                 return
             if container is None or not container.running:
                 code = container.exit_code if container else -1
                 log.warning("container found not running", service=service, exit_code=code)
-                self.decide(service, state.exited(self.clock(), code, "found not running"))
+                self.on_exit(service, code, "found not running")
                 return
 
     def recover_after_engine_loss(self) -> None:
@@ -450,6 +477,7 @@ class Daemon:
         for service, prober in self.probers.items():
             prober.target = targets[service] or None
             prober.health = self.settings.health
+            prober.token = self.prepared.probe_token
 
     def check_ready(self) -> None:
         if not all(s.state is State.RUNNING for s in self.services.values()):

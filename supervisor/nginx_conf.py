@@ -21,7 +21,6 @@ from supervisor.const import (
     REGISTRY_PORT,
 )
 
-
 # A docker client meets one 401 (the challenge) per login or session; a brute force meets thousands.
 AUTH_FAILURES_PER_MINUTE = 30
 AUTH_FAILURES_BURST = 20
@@ -32,6 +31,7 @@ AUTH_FAILURES_PORT = 8081
 class ProxyConfig:
     server_name: str
     realm: str
+    probe_token: str = ""
     upstream: str = f"{REGISTRY_ALIAS}:{REGISTRY_PORT}"
     conf_dir: str = NGINX_CONF_DIR_IN_CONTAINER
 
@@ -45,6 +45,11 @@ upstream docker-registry {{
 }}
 
 # Failed logins per client address: a brute force gets 429 while everyone else is served.
+# The supervisor's own probes (which present its token) are not counted: an empty key is not.
+map $http_x_regsupervisor_probe $regsupervisor_failure_key {{
+    default $remote_addr;
+    "{probe_token}" "";
+}}
 limit_req_zone $http_x_regsupervisor_client zone=regsupervisor_auth_failed:1m rate={auth_failures_per_minute}r/m;
 limit_conn_zone $binary_remote_addr zone=regsupervisor_conn_per_ip:10m;
 
@@ -116,7 +121,8 @@ server {{
         proxy_method GET;
         proxy_pass_request_body off;
         proxy_set_header Content-Length "";
-        proxy_set_header X-Regsupervisor-Client $remote_addr;
+        proxy_set_header X-Regsupervisor-Client $regsupervisor_failure_key;
+        proxy_set_header X-Regsupervisor-Probe "";
         proxy_set_header Authorization "";
         proxy_hide_header WWW-Authenticate;
         add_header Docker-Distribution-Api-Version registry/2.0 always;
@@ -166,7 +172,12 @@ _UNSAFE = frozenset(";{}\"'\\$#\n\r\t")
 
 
 def render(config: ProxyConfig) -> str:
-    for field, value in (("server_name", config.server_name), ("realm", config.realm)):
+    fields = (
+        ("server_name", config.server_name),
+        ("realm", config.realm),
+        ("probe_token", config.probe_token),
+    )
+    for field, value in fields:
         if _UNSAFE.intersection(value) or not value.isprintable():
             raise ValueError(f"{field} {value!r} would inject nginx syntax")
     return TEMPLATE.format(
@@ -178,6 +189,7 @@ def render(config: ProxyConfig) -> str:
         key=NGINX_KEY_FILE,
         htpasswd=HTPASSWD_FILE,
         realm=config.realm,
+        probe_token=config.probe_token or "-",
         status_port=NGINX_STATUS_PORT,
         auth_failures_per_minute=AUTH_FAILURES_PER_MINUTE,
         failures_port=AUTH_FAILURES_PORT,

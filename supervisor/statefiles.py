@@ -2,6 +2,7 @@
 
 state_dir/             0700
   http_secret          0600  REGISTRY_HTTP_SECRET, generated once
+  probe_token          0600  lets the daemon's own probes past the failed-login limit
   tls/                 0700  local CA and generated server certificate
   nginx/               0750 root:nginx, mounted read-only at /etc/nginx/conf.d
     registry.conf      generated nginx server config
@@ -38,6 +39,10 @@ class Layout:
         return self.state / "http_secret"
 
     @property
+    def probe_token(self) -> Path:
+        return self.state / "probe_token"
+
+    @property
     def tls(self) -> Path:
         return self.state / "tls"
 
@@ -61,6 +66,7 @@ class Layout:
 @dataclass(frozen=True)
 class Prepared:
     http_secret: str
+    probe_token: str
     # True when nginx's files changed and a running nginx must reload them.
     nginx_files_changed: bool
     generated_ca: Path | None
@@ -82,7 +88,7 @@ def load_tls(settings: Settings, renew_before: dt.timedelta | None = None) -> tl
     return tls.ensure_generated(paths.tls, settings.proxy.server_name, renew_before=renew_before)
 
 
-def _http_secret(path: Path) -> str:
+def _generated_secret(path: Path) -> str:
     try:
         value = path.read_text().strip()
     except FileNotFoundError:
@@ -112,15 +118,19 @@ def prepare(settings: Settings) -> Prepared:
         ensure_dir(settings.data_path, 0o700)
     else:
         settings.data_path.mkdir(parents=True, exist_ok=True)
+    probe_token = _generated_secret(paths.probe_token)
     conf = nginx_conf.render(
-        nginx_conf.ProxyConfig(server_name=settings.proxy.server_name, realm=settings.auth.realm)
+        nginx_conf.ProxyConfig(
+            server_name=settings.proxy.server_name, realm=settings.auth.realm, probe_token=probe_token
+        )
     )
-    changed = atomic_write(paths.nginx / NGINX_CONF_FILE, conf.encode(), mode=0o644)
+    changed = atomic_write(paths.nginx / NGINX_CONF_FILE, conf.encode(), mode=0o640, gid=NGINX_GID)
     changed |= atomic_write(paths.nginx / NGINX_CERT_FILE, pair.cert_pem, mode=0o644)
     changed |= atomic_write(paths.nginx / NGINX_KEY_FILE, pair.key_pem, mode=0o600)
     users = htpasswd.ensure_file(paths.htpasswd, gid=NGINX_GID)
     return Prepared(
-        http_secret=_http_secret(paths.http_secret),
+        http_secret=_generated_secret(paths.http_secret),
+        probe_token=probe_token,
         nginx_files_changed=changed,
         generated_ca=None if settings.tls.cert else paths.ca_cert,
         cert_not_after=pair.not_after,

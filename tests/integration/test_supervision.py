@@ -95,7 +95,9 @@ def test_oom_kill_is_respawned(make_stack, client):
     while time.monotonic() < deadline and not events(stack, "respawning"):
         time.sleep(0.2)
     died = events(stack, "container died")
-    assert died and "lack of memory" in died[0]["reason"], stack.log()[-2000:]
+    # SIGKILL from the OOM killer; dockerd's OOMKilled flag and "oom" event race with the exit
+    # on cgroup v1, so either may be missing.
+    assert died and died[0]["exit_code"] == 137, stack.log()[-2000:]
     stack.wait_serving(AUTH, timeout=30)
     same_image(stack, digest)
     assert stack.stop_daemon() == 0
