@@ -8,6 +8,7 @@ results, backoff ends, periodic resync, watchdog): no busy polling.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import os
 import queue
@@ -45,6 +46,7 @@ log = structlog.get_logger()
 # Level-triggered safety net: compare with the engine even when no event arrived.
 RESYNC_INTERVAL = 30.0
 RETRY_AFTER_ERROR = 2.0
+RENEWAL_CHECK_INTERVAL = 3600.0
 
 
 @dataclass(frozen=True)
@@ -185,6 +187,7 @@ class Daemon:
         self.containers: dict[str, Container] = {}
         self.exit_code: int | None = None
         self.start_overhead = 0.0
+        self.next_renewal: float | None = None
         self.engine_up = True
         self.ready_pending = True
         self.next_resync = 0.0
@@ -207,6 +210,7 @@ class Daemon:
         self.watcher.start()
         self.watcher.subscribed.wait(10)
         self.converge(self.prepared)
+        self.schedule_renewal()
         self.probers = {name: Prober(name, self.inbox, self.settings.health) for name in SERVICE_ORDER}
         self.refresh_probe_targets()
         for prober in self.probers.values():
@@ -238,6 +242,8 @@ class Daemon:
     def seconds_to_next_deadline(self) -> float:
         now, clock = time.monotonic(), self.clock()
         waits = [self.next_resync - now]
+        if self.next_renewal is not None:
+            waits.append(self.next_renewal - now)
         waits += [s.backoff_until - clock for s in self.services.values() if s.backoff_until is not None]
         if self.notifier.watchdog_interval:
             waits.append(self.next_watchdog - now)
@@ -361,8 +367,29 @@ class Daemon:
         if self.ready_pending:
             self.check_ready()
 
+    def schedule_renewal(self) -> None:
+        due = statefiles.renewal_due_at(self.settings, self.prepared)
+        if due is None:
+            self.next_renewal = None
+            return
+        seconds = (due - dt.datetime.now(dt.UTC)).total_seconds()
+        # Checked at least hourly: the wall clock may jump (suspend, NTP) under the monotonic one.
+        self.next_renewal = time.monotonic() + max(0.0, min(seconds, RENEWAL_CHECK_INTERVAL))
+
+    def renew_certificate(self) -> None:
+        prepared = stack.prepare_files(self.settings)
+        self.prepared = replace(prepared, nginx_files_changed=False)
+        nginx = self.containers.get(SERVICE_NGINX)
+        if prepared.nginx_files_changed and nginx is not None:
+            log.info("server certificate renewed", not_after=prepared.cert_not_after.isoformat())
+            # A graceful reload: old workers finish their transfers with the old certificate.
+            stack.reload_nginx(self.engine, nginx)
+        self.schedule_renewal()
+
     def on_timers(self) -> None:
         now = time.monotonic()
+        if self.next_renewal is not None and now >= self.next_renewal:
+            self.renew_certificate()
         if self.notifier.watchdog_interval and now >= self.next_watchdog:
             self.notifier.watchdog()
             self.next_watchdog = now + self.notifier.watchdog_interval
@@ -513,6 +540,7 @@ class Daemon:
         for state in self.services.values():
             state.reconfigure(new.respawn, new.health)
         self.converge(prepared)
+        self.schedule_renewal()
         log.info(
             "configuration reloaded",
             config=str(self.config_path),

@@ -146,11 +146,17 @@ class ProxySettings(Section):
 class TLSSettings(Section):
     cert: OptionalAbsPath = ""
     key: OptionalAbsPath = ""
+    # Generated server certificates only: lifetime, and renewal (in place, nginx reloads) when
+    # fewer than renew_before_days remain.
+    valid_days: float = Field(default=90.0, gt=0, le=90)
+    renew_before_days: float = Field(default=30.0, gt=0)
 
     @model_validator(mode="after")
     def _both_or_neither(self) -> TLSSettings:
         if bool(self.cert) != bool(self.key):
             raise ValueError("set both tls.cert and tls.key, or neither to generate them")
+        if self.renew_before_days >= self.valid_days:
+            raise ValueError("tls.renew_before_days must be less than tls.valid_days")
         return self
 
 

@@ -78,14 +78,24 @@ def layout(settings: Settings) -> Layout:
     return Layout(settings.state_path)
 
 
-def load_tls(settings: Settings, renew_before: dt.timedelta | None = None) -> tls.ServerPair:
+def load_tls(settings: Settings) -> tls.ServerPair:
     if settings.tls.cert:
         return tls.load_user_pair(Path(settings.tls.cert), Path(settings.tls.key))
     paths = layout(settings)
     ensure_dir(paths.tls, 0o700)
-    if renew_before is None:
-        return tls.ensure_generated(paths.tls, settings.proxy.server_name)
-    return tls.ensure_generated(paths.tls, settings.proxy.server_name, renew_before=renew_before)
+    return tls.ensure_generated(
+        paths.tls,
+        settings.proxy.server_name,
+        valid_for=dt.timedelta(days=settings.tls.valid_days),
+        renew_before=dt.timedelta(days=settings.tls.renew_before_days),
+    )
+
+
+def renewal_due_at(settings: Settings, prepared: Prepared) -> dt.datetime | None:
+    """When the generated server certificate must be renewed (None for the user's own pair)."""
+    if settings.tls.cert:
+        return None
+    return prepared.cert_not_after - dt.timedelta(days=settings.tls.renew_before_days)
 
 
 def _generated_secret(path: Path) -> str:

@@ -111,3 +111,50 @@ def test_no_secret_in_logs_status_or_check_config(stack):
     for text in outputs:
         for secret in secrets + key_lines:
             assert secret not in text
+
+
+def _served_certificate(port: int) -> bytes:
+    import ssl as _ssl
+
+    context = _ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = _ssl.CERT_NONE
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, context.wrap_socket(raw) as conn:
+        return conn.getpeercert(binary_form=True)
+
+
+def test_certificate_renewed_in_place_during_a_download(make_stack):
+    import hashlib
+    import os
+
+    from tests.integration.registry_client import push_blob, session_for
+
+    # a ~100 s certificate renewed when fewer than ~86 s remain: ~17 s after it was issued
+    stack = make_stack("[tls]\nvalid_days = 0.0012\nrenew_before_days = 0.001\n")
+    stack.add_user(*AUTH)
+    stack.start_daemon()
+    issued_at = time.monotonic()
+    first_cert = _served_certificate(stack.listen_port)
+    nginx_started = stack.started_at("nginx")
+    blob = os.urandom(256 * 1024 * 1024)
+    session = session_for(AUTH, stack.ca)
+    digest = push_blob(session, stack.url, "big/blob", blob)
+    del blob
+    assert time.monotonic() - issued_at < 14, "push too slow to straddle the renewal"
+    response = session.get(f"{stack.url}/v2/big/blob/blobs/{digest}", stream=True, timeout=60)
+    assert response.status_code == 200
+    sha = hashlib.sha256()
+    received = 0
+    for chunk in response.iter_content(1024 * 1024):
+        sha.update(chunk)
+        received += len(chunk)
+        # spread the download over the renewal moment (~17 s after issue)
+        if time.monotonic() - issued_at < 25:
+            time.sleep(0.07)
+    assert received == 256 * 1024 * 1024
+    assert "sha256:" + sha.hexdigest() == digest
+    renewed = [line for line in stack.log().splitlines() if "server certificate renewed" in line]
+    assert renewed, stack.log()[-2000:]
+    assert _served_certificate(stack.listen_port) != first_cert
+    assert stack.started_at("nginx") == nginx_started
+    assert stack.get(auth=AUTH).status_code == 200  # the new certificate chains to the same CA
