@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import structlog
 
@@ -38,6 +39,12 @@ def prepare_files(settings: Settings) -> statefiles.Prepared:
         )
     if not prepared.users.hashes:
         log.warning("no registry users yet: add one with 'regsupervisor user add NAME'")
+    if settings.tls.key and Path(settings.tls.key).stat().st_mode & 0o077:
+        log.warning(
+            "tls.key is readable by other users: restrict it",
+            key=settings.tls.key,
+            fix=f"chmod 600 {settings.tls.key}",
+        )
     publish = settings.registry_publish
     if publish and not publish.is_loopback:
         log.warning(
