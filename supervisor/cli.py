@@ -172,4 +172,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+    except Exception:
+        if args.command != "run":
+            raise
+        # A bug in the daemon: one err event with the traceback (a bare traceback on stderr would
+        # reach the journal at info priority), and status 1, which systemd restarts.
+        log.exception("daemon crashed")
+        return 1
     return code

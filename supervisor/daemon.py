@@ -515,9 +515,9 @@ class Daemon:
         )
         if result.ok:
             self.ready_pending = False
+            log.info("registry serving through the proxy", listen=str(self.settings.listen))
             self.notifier.ready(self.status_line())
             self.publish_status()
-            log.info("registry serving through the proxy", listen=str(self.settings.listen))
 
     def reload(self) -> None:
         self.notifier.reloading()

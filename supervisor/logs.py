@@ -36,9 +36,14 @@ def _redact(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
 def _journal_renderer(_: WrappedLogger, method: str, event: EventDict) -> str:
     level = event.pop("level", method)
     text = str(event.pop("event", ""))
+    trace = str(event.pop("exception", ""))
     fields = " ".join(f"{k}={_quote(v)}" for k, v in event.items())
+    line = f"{text} {fields}".rstrip() if fields else text
+    if trace:
+        line += "\n" + trace.rstrip("\n")
+    # journald reads the prefix line by line: every line of a multi-line event keeps the priority.
     prefix = f"<{PRIORITY.get(level, 6)}>"
-    return f"{prefix}{text} {fields}".rstrip() if fields else f"{prefix}{text}"
+    return "\n".join(prefix + part for part in line.split("\n"))
 
 
 def _quote(value: Any) -> str:
@@ -60,6 +65,7 @@ def configure(fmt: str = "auto", level: str = "info", stream: TextIO | None = No
     ]
     renderer: Processor
     if fmt == "journal":
+        shared.append(structlog.processors.format_exc_info)
         renderer = _journal_renderer
     elif fmt == "json":
         shared.append(structlog.processors.TimeStamper(fmt="iso", utc=True))
