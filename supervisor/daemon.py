@@ -156,7 +156,8 @@ class Prober(threading.Thread):
     def run(self) -> None:
         next_at = time.monotonic() + self.health.interval
         while not self.stopped.wait(max(0.0, next_at - time.monotonic())):
-            next_at = max(next_at + self.health.interval, time.monotonic())
+            started = time.monotonic()
+            next_at = max(next_at + self.health.interval, started)
             target = self.target
             if target is not None:
                 result = (
@@ -165,6 +166,10 @@ class Prober(threading.Thread):
                     else probes.probe_proxy(target.host, target.port, self.health.timeout, self.token)
                 )
                 self.inbox.put(Probed(self.service, target.container_id, result))
+                if not result.ok:
+                    # Confirm a failure at once rather than an interval later: a hang is then
+                    # caught in about failures x timeout.
+                    next_at = max(time.monotonic(), started + self.health.timeout)
 
 
 def _loopback_for(host: str) -> str:

@@ -219,7 +219,12 @@ class Engine:
     def remove_network(self, name: str) -> None:
         for net in self.api.networks(names=[name]):
             if net["Name"] == name:
-                self.api.remove_network(net["Id"])
+                try:
+                    self.api.remove_network(net["Id"])
+                except docker.errors.APIError as exc:
+                    if exc.is_server_error():
+                        raise
+                    raise UserError(f"network {name}: {exc.explanation or exc}") from None
                 log.info("network removed", network=name)
 
     @retrying()

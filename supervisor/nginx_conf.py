@@ -111,6 +111,12 @@ server {{
         # Keep response buffering (turning it off halves pull throughput) but only in memory.
         proxy_buffering on;
         proxy_max_temp_file_size 0;
+        # Larger buffers: fewer, bigger reads from the registry (pull 0.59x -> 0.74x of the
+        # static-TLS ceiling here, push 0.90x -> 0.97x of direct; bench/).
+        client_body_buffer_size 256k;
+        proxy_buffer_size 64k;
+        proxy_buffers 8 256k;
+        proxy_busy_buffers_size 512k;
     }}
 
     # Every 401 (a missing or wrong password) is answered by the internal counter below, keyed by
