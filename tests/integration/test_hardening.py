@@ -158,3 +158,32 @@ def test_certificate_renewed_in_place_during_a_download(make_stack):
     assert _served_certificate(stack.listen_port) != first_cert
     assert stack.started_at("nginx") == nginx_started
     assert stack.get(auth=AUTH).status_code == 200  # the new certificate chains to the same CA
+
+
+def test_tls_is_mozilla_intermediate_compliant(stack):
+    """sslyze (test-only, its own venv: tests/run) against the proxy, the generated CA trusted."""
+    import os
+    import subprocess
+
+    from tests.integration.conftest import REPO
+
+    sslyze = REPO / ".venv-sslyze" / "bin" / "sslyze"
+    if not sslyze.exists():
+        if os.environ.get("CI") == "true":
+            raise AssertionError("sslyze missing: tests/run installs it")
+        import pytest
+
+        pytest.skip("sslyze not installed (tests/run installs it)")
+    stack.start_daemon()
+    result = subprocess.run(
+        [
+            str(sslyze),
+            "--mozilla_config=intermediate",
+            f"--certinfo_ca_file={stack.ca}",
+            f"localhost:{stack.listen_port}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert f"localhost:{stack.listen_port}: OK - Compliant" in result.stdout, result.stdout[-3000:]
