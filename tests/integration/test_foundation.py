@@ -97,6 +97,12 @@ def test_users_change_without_restart(stack):
     assert stack.get(auth=("alice", "pw-alice")).status_code == 401
     assert stack.cli("user", "list").stdout.split() == ["bob"]
     assert stack.started_at("nginx") == started
+    # a hand-edited file with a malformed line: reported with its line number, the rest served
+    htpasswd = stack.state_dir / "nginx" / "htpasswd"
+    htpasswd.write_text("this line is broken\n" + htpasswd.read_text())
+    listed = stack.cli("user", "list")
+    assert listed.stdout.split() == ["bob"] and "line 1: expected NAME:HASH" in listed.stderr
+    assert stack.get(auth=("bob", "pw-bob")).status_code == 200
 
 
 def test_rerun_adopts_without_restart_and_changes_recreate_only_nginx(stack, client):
