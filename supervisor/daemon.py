@@ -29,6 +29,7 @@ from supervisor.const import (
     EXIT_OK,
     EXIT_RESPAWN_LIMIT,
     NGINX_STATUS_PORT,
+    NGINX_TLS_PORT,
     REGISTRY_PORT,
     SERVICE_NGINX,
     SERVICE_ORDER,
@@ -168,16 +169,9 @@ class Prober(threading.Thread):
                 self.inbox.put(Probed(self.service, target.container_id, result))
                 if not result.ok:
                     # Confirm a failure at once rather than an interval later: a hang is then
-                    # caught in about failures x timeout.
+                    # caught in about failures x timeout (a busy container is told apart by
+                    # its CPU use before anything is killed: Daemon.on_probe).
                     next_at = max(time.monotonic(), started + self.health.timeout)
-
-
-def _loopback_for(host: str) -> str:
-    if host == "0.0.0.0":
-        return "127.0.0.1"
-    if host == "::":
-        return "::1"
-    return host
 
 
 class Daemon:
@@ -352,6 +346,22 @@ class Daemon:
             return
         state = self.services[probed.service]
         before = state.state
+        if (
+            not probed.result.ok
+            and state.state is State.RUNNING
+            and state.failed_probes + 1 >= state.health.failures
+            and self.engine.busy(current)
+        ):
+            # Too busy to answer (a burst of big pulls on a small host), not hung: killing it
+            # would cut every transfer in flight. A stopped or deadlocked process uses no CPU.
+            log.warning(
+                "probe failed but the container is busy, not hung: kept",
+                service=probed.service,
+                container=current.name,
+                detail=probed.result.detail,
+            )
+            state.failed_probes = 0
+            return
         decision = state.probed(self.clock(), probed.result.ok, probed.result.detail)
         if not probed.result.ok and state.failed_probes:
             log.warning(
@@ -497,14 +507,14 @@ class Daemon:
             prober.stopped.set()
 
     def refresh_probe_targets(self) -> None:
-        registry = self.containers.get(SERVICE_REGISTRY)
-        nginx = self.containers.get(SERVICE_NGINX)
-        listen = self.settings.listen
+        # Both probes go to the containers' own addresses: through the published port they would
+        # queue behind docker-proxy, which under a burst of big pulls delays them past the timeout
+        # and gets a busy nginx killed as "hung" (bench/).
+        network = self.settings.name
         targets = {
-            SERVICE_REGISTRY: registry
-            and registry.ip(self.settings.name)
-            and Target(registry.id, registry.ip(self.settings.name), REGISTRY_PORT),
-            SERVICE_NGINX: nginx and Target(nginx.id, _loopback_for(listen.host), listen.port),
+            service: container and container.ip(network) and Target(container.id, container.ip(network), port)
+            for service, port in ((SERVICE_REGISTRY, REGISTRY_PORT), (SERVICE_NGINX, NGINX_TLS_PORT))
+            for container in [self.containers.get(service)]
         }
         for service, prober in self.probers.items():
             prober.target = targets[service] or None

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -322,6 +323,20 @@ class Engine:
     @retrying()
     def signal(self, container: Container, signal: str) -> None:
         self.api.kill(container.id, signal=signal)
+
+    def busy(self, container: Container, window: float = 0.5) -> bool:
+        """Whether the container used CPU within `window` seconds: a stopped (hung) process does
+        not; one too busy to answer a probe in time does."""
+        try:
+            first = self._cpu_seconds(container.id)
+            time.sleep(window)
+            return self._cpu_seconds(container.id) - first > window * 0.05
+        except (docker.errors.APIError, requests.exceptions.RequestException, KeyError, TypeError):
+            return False
+
+    def _cpu_seconds(self, container_id: str) -> float:
+        stats = self.api.stats(container_id, stream=False, one_shot=True)
+        return float(stats["cpu_stats"]["cpu_usage"]["total_usage"]) / 1e9
 
     @retrying()
     def kill_and_wait(self, container: Container, timeout: float = 10) -> None:
