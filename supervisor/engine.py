@@ -40,14 +40,27 @@ class EngineUnreachable(UserError):
     pass
 
 
+class StaleContainer(Exception):
+    """The engine cannot start this container again (after a dockerd restart, containerd may
+    still hold a task under its ID: "task ...: already exists"); a new container will start."""
+
+
 def is_transient(exc: BaseException) -> bool:
     """Connection trouble and engine-side 5xx errors are worth retrying; the rest are not."""
     if isinstance(exc, requests.exceptions.ConnectionError | requests.exceptions.Timeout):
         return True
     if isinstance(exc, docker.errors.APIError) and exc.is_server_error():
         text = str(exc).lower()
-        return not _is_port_conflict(exc) and not any(word in text for word in _PERMANENT)
+        return (
+            not _is_port_conflict(exc)
+            and not _is_stale_task(exc)
+            and not any(word in text for word in _PERMANENT)
+        )
     return False
+
+
+def _is_stale_task(exc: BaseException) -> bool:
+    return "task" in str(exc) and "already exists" in str(exc)
 
 
 # Engine 5xx answers that no retry will change.
@@ -304,6 +317,8 @@ class Engine:
             if _is_port_conflict(exc):
                 ports = ", ".join(str(p.host) for p in spec.ports) if spec else "?"
                 raise UserError(f"{container.name}: port {ports} is already in use on this host") from None
+            if _is_stale_task(exc):
+                raise StaleContainer(container.name) from exc
             raise
 
     @retrying()

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from supervisor.engine import Container, Engine
+from supervisor.engine import Container, Engine, StaleContainer
 from supervisor.specs import ContainerSpec, StackSpec
 
 log = structlog.get_logger()
@@ -97,15 +97,34 @@ def execute(
             assert action.container is not None
             engine.stop(action.container, spec.stop_timeout)
             engine.remove(action.container)
-        container = action.container if action.verb is Verb.START else engine.create(spec)
-        assert container is not None
-        try:
-            engine.start(container, spec)
-        except Exception:
-            if action.verb is not Verb.START:
-                engine.remove(container)  # leave nothing half-made behind
-            raise
+        if action.verb is Verb.START:
+            assert action.container is not None
+            container = _start_existing(engine, action.container, spec)
+        else:
+            container = _create_and_start(engine, spec)
         containers[spec.service] = engine.inspect(container.id) or container
         changed.add(spec.service)
         log.info(_DONE[action.verb], service=spec.service, container=spec.name)
     return Outcome(containers, frozenset(changed))
+
+
+def _create_and_start(engine: Engine, spec: ContainerSpec) -> Container:
+    container = engine.create(spec)
+    try:
+        engine.start(container, spec)
+    except Exception:
+        engine.remove(container)  # leave nothing half-made behind
+        raise
+    return container
+
+
+def _start_existing(engine: Engine, container: Container, spec: ContainerSpec) -> Container:
+    try:
+        engine.start(container, spec)
+    except StaleContainer:
+        log.warning(
+            "container cannot be started again, replacing it", service=spec.service, container=spec.name
+        )
+        engine.remove(container)
+        return _create_and_start(engine, spec)
+    return container
