@@ -18,7 +18,9 @@ from supervisor.const import CONFIG_ENV, DEFAULT_CONFIG_PATH, EXIT_OK, NGINX_GID
 from supervisor.engine import Engine, connect
 from supervisor.errors import UserError
 from supervisor.settings import Settings, effective_settings, load_settings
-from supervisor.status import collect_status, format_status_table
+from supervisor.status import collect_status, collect_swarm_status, format_status_table, format_swarm_status
+from supervisor.swarm import Swarm
+from supervisor.swarm_specs import network_name
 
 log = structlog.get_logger()
 
@@ -41,6 +43,12 @@ def cmd_down(args: argparse.Namespace) -> int:
     from supervisor.stack import down
 
     settings = _settings(args)
+    if settings.mode == "swarm":
+        services = Swarm(connect(settings.docker.host), settings.name).remove_all(network_name(settings.name))
+        print(
+            f"removed {len(services)} swarm service(s) with their configs and secrets; bucket, certificates and users kept"
+        )
+        return EXIT_OK
     removed = down(_engine(settings), settings.name)
     print(f"removed {len(removed)} container(s); data, certificates and users kept")
     return EXIT_OK
@@ -48,11 +56,13 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    report = collect_status(settings, _engine(settings))
-    if args.json:
-        print(json.dumps(report, indent=2, sort_keys=True))
+    if settings.mode == "swarm":
+        report = collect_swarm_status(settings, Swarm(connect(settings.docker.host), settings.name))
+        text = format_swarm_status(report)
     else:
-        print(format_status_table(report))
+        report = collect_status(settings, _engine(settings))
+        text = format_status_table(report)
+    print(json.dumps(report, indent=2, sort_keys=True) if args.json else text)
     return EXIT_OK
 
 

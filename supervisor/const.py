@@ -5,6 +5,8 @@ LABEL_PROJECT = f"{LABEL_PREFIX}.project"
 LABEL_SERVICE = f"{LABEL_PREFIX}.service"
 LABEL_CONFIG_HASH = f"{LABEL_PREFIX}.config-hash"
 LABEL_VERSION = f"{LABEL_PREFIX}.version"
+# On swarm task containers (not LABEL_PROJECT: standalone mode must not take them for its own).
+LABEL_SWARM_PROJECT = f"{LABEL_PREFIX}.swarm-project"
 
 SERVICE_REGISTRY = "registry"
 SERVICE_NGINX = "nginx"
@@ -18,6 +20,7 @@ NGINX_TLS_PORT = 443
 # nginx's internal, unpublished status listener: proves the registry answers through nginx.
 NGINX_STATUS_PORT = 8080
 NGINX_STATUS_PATH = "/registry-health"
+NGINX_ALIVE_PATH = "/nginx-health"
 
 REGISTRY_DATA_IN_CONTAINER = "/var/lib/registry"
 NGINX_CONF_DIR_IN_CONTAINER = "/etc/nginx/conf.d"

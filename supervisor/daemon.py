@@ -15,6 +15,7 @@ import queue
 import signal
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -35,12 +36,14 @@ from supervisor.const import (
     SERVICE_ORDER,
     SERVICE_REGISTRY,
 )
-from supervisor.engine import Container, Engine, connect
+from supervisor.engine import Container, Engine, connect, describe_error
 from supervisor.errors import UserError
 from supervisor.fsutil import atomic_write
 from supervisor.notify import Notifier
 from supervisor.service import Decision, ServiceState, State
 from supervisor.settings import HealthSettings, Settings, load_settings
+from supervisor.swarm import Swarm
+from supervisor.swarm_specs import network_name
 
 log = structlog.get_logger()
 
@@ -84,9 +87,11 @@ class StreamEnded(Exception):
 class EventWatcher(threading.Thread):
     """Feeds the engine's container events into the inbox; reports losing and regaining it."""
 
-    def __init__(self, host: str, project: str, inbox: queue.SimpleQueue[object]) -> None:
+    def __init__(
+        self, open_stream: Callable[[int | None], Iterator[dict[str, Any]]], inbox: queue.SimpleQueue[object]
+    ) -> None:
         super().__init__(name="docker-events", daemon=True)
-        self.host, self.project, self.inbox = host, project, inbox
+        self.open_stream, self.inbox = open_stream, inbox
         self.stopped = threading.Event()
         self.subscribed = threading.Event()
         self.lost = False
@@ -112,8 +117,7 @@ class EventWatcher(threading.Thread):
         self.stopped.wait(seconds)
 
     def _watch(self) -> None:
-        engine = Engine(connect(self.host), self.project)
-        self._stream = engine.events(since=int(time.time()) - 1 if self.lost else None)
+        self._stream = self.open_stream(int(time.time()) - 1 if self.lost else None)
         self.subscribed.set()
         if self.lost:
             self.lost = False
@@ -205,7 +209,9 @@ class Daemon:
             signal.signal(signum, lambda s, _f: self.inbox.put(Signalled(s)))
         self.prepared = stack.prepare_files(self.settings)
         self.engine = Engine(connect(self.settings.docker.host), self.settings.name)
-        self.watcher = EventWatcher(self.settings.docker.host, self.settings.name, self.inbox)
+        remove_swarm_services(self.engine.client, self.settings.name)
+        host, project = self.settings.docker.host, self.settings.name
+        self.watcher = EventWatcher(lambda since: Engine(connect(host), project).events(since), self.inbox)
         self.watcher.start()
         self.watcher.subscribed.wait(10)
         self.converge(self.prepared)
@@ -236,7 +242,7 @@ class Daemon:
         except UserError as exc:
             self.report_error(str(exc))
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-            self.report_error(f"docker: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+            self.report_error(describe_error(exc))
 
     def seconds_to_next_deadline(self) -> float:
         now, clock = time.monotonic(), self.clock()
@@ -622,7 +628,19 @@ class Daemon:
         self.notifier.status(self.status_line())
 
 
+def remove_swarm_services(client: docker.DockerClient, project: str) -> None:
+    """Switching back from swarm mode: the project's services go before the containers come."""
+    swarm = Swarm(client, project)
+    if swarm.manager_state() == "manager" and swarm.services():
+        removed = swarm.remove_all(network_name(project))
+        log.info("swarm services removed: mode is standalone", services=",".join(removed))
+
+
 def run_daemon(config_path: Path) -> int:
     settings = load_settings(config_path)
+    if settings.mode == "swarm":
+        from supervisor.swarm_daemon import run_swarm_daemon
+
+        return run_swarm_daemon(config_path, settings)
     daemon = Daemon(config_path, settings)
     return daemon.run()

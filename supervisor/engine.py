@@ -88,6 +88,11 @@ def retrying(max_seconds: float = 30.0) -> Callable[[Callable[..., T]], Callable
     )
 
 
+def describe_error(exc: BaseException) -> str:
+    """A Docker failure in one line, for the journal."""
+    return f"docker: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+
+
 def describe_host(host: str) -> str:
     return host or os.environ.get("DOCKER_HOST") or DEFAULT_SOCKET
 

@@ -78,9 +78,9 @@ def parse_host_port(value: str) -> HostPort:
     return HostPort(str(address), int(port_text))
 
 
-def _matches(pattern: re.Pattern[str], what: str) -> AfterValidator:
+def _matches(pattern: re.Pattern[str], what: str, optional: bool = False) -> AfterValidator:
     def check(value: str) -> str:
-        if not pattern.fullmatch(value):
+        if not (optional and not value) and not pattern.fullmatch(value):
             raise ValueError(f"{value!r} is not a valid {what}")
         return value
 
@@ -129,11 +129,53 @@ class DockerSettings(Section):
     pull: Literal["always", "missing", "never"] = "missing"
 
 
+# An S3 bucket name (path style keeps dotted names working).
+_BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_SWARM_OBJECT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def _check_endpoint(value: str) -> str:
+    if value and not re.fullmatch(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?/?", value):
+        raise ValueError(f"{value!r} is not an endpoint like https://s3.example.net or http://minio:9000")
+    return value
+
+
+class StorageSettings(Section):
+    """Where the registry keeps blobs: a local directory, or an S3-compatible bucket every replica
+    shares (needed in swarm mode)."""
+
+    driver: Literal["filesystem", "s3"] = "filesystem"
+    bucket: Annotated[str, _matches(_BUCKET_RE, "bucket name", optional=True)] = ""
+    # Empty: AWS itself; otherwise the S3-compatible service's URL (http:// turns TLS off).
+    endpoint: Annotated[str, AfterValidator(_check_endpoint)] = ""
+    region: Annotated[str, _matches(re.compile(r"[a-z0-9-]{1,32}"), "region")] = "us-east-1"
+    path_style: bool = False
+    root_directory: Annotated[str, _matches(re.compile(r"/[A-Za-z0-9_./-]*"), "path", optional=True)] = ""
+    # Credentials, never inline: files on the daemon's host, or an existing swarm secret in the
+    # AWS shared-credentials format. Neither: the nodes' own (instance role, environment).
+    access_key_file: OptionalAbsPath = ""
+    secret_key_file: OptionalAbsPath = ""
+    credentials_secret: Annotated[str, _matches(_SWARM_OBJECT_RE, "swarm secret name", optional=True)] = ""
+
+    @model_validator(mode="after")
+    def _complete(self) -> StorageSettings:
+        if self.driver == "s3" and not self.bucket:
+            raise ValueError('bucket: required with driver = "s3"')
+        if bool(self.access_key_file) != bool(self.secret_key_file):
+            raise ValueError("access_key_file and secret_key_file: set both or neither")
+        if self.access_key_file and self.credentials_secret:
+            raise ValueError("credentials_secret: use it or the key files, not both")
+        return self
+
+
 class RegistrySettings(Section):
     image: ImageRef = "registry:2"
     data_dir: OptionalAbsPath = ""
     publish: OptionalHostPort = ""
     memory: MemoryLimit = ""
+    # Swarm mode: how many registry tasks share the storage.
+    replicas: int = Field(2, ge=1, le=64)
+    storage: StorageSettings = StorageSettings()
 
 
 class ProxySettings(Section):
@@ -190,6 +232,8 @@ class Settings(BaseSettings):
     )
 
     name: Annotated[str, _matches(_NAME_RE, "name (a-z, 0-9, _.-, at most 40)")] = "regsupervisor"
+    # standalone: containers on this engine; swarm: services on the swarm this engine manages.
+    mode: Literal["standalone", "swarm"] = "standalone"
     state_dir: AbsPath = "/var/lib/regsupervisor"
     stop_on_exit: bool = True
     docker: DockerSettings = DockerSettings()
@@ -211,6 +255,23 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # Environment beats the file; the file's path comes from the subclass load_settings makes.
         return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+    @model_validator(mode="after")
+    def _mode_fits_storage(self) -> Settings:
+        driver = self.registry.storage.driver
+        if self.mode == "swarm" and driver != "s3":
+            raise ValueError(
+                'registry.storage.driver: swarm mode needs storage every replica shares: set driver = "s3"'
+            )
+        if self.mode == "standalone" and driver != "filesystem":
+            raise ValueError(
+                'registry.storage.driver: s3 storage is used in swarm mode only (mode = "swarm")'
+            )
+        if self.mode == "swarm" and self.registry.publish:
+            raise ValueError(
+                "registry.publish: not available in swarm mode (the registry tasks are reached through nginx)"
+            )
+        return self
 
     @property
     def state_path(self) -> Path:

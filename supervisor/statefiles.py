@@ -25,6 +25,7 @@ from supervisor.const import (
     NGINX_CONF_FILE,
     NGINX_GID,
     NGINX_KEY_FILE,
+    SERVICE_REGISTRY,
 )
 from supervisor.fsutil import atomic_write, ensure_dir
 from supervisor.settings import Settings
@@ -124,14 +125,19 @@ def prepare(settings: Settings) -> Prepared:
     ensure_user_dir(settings)
     if not settings.tls.cert:
         pair = load_tls(settings)
-    if not settings.registry.data_dir:
+    if settings.registry.storage.driver != "filesystem":
+        pass  # blobs live in the bucket
+    elif not settings.registry.data_dir:
         ensure_dir(settings.data_path, 0o700)
     else:
         settings.data_path.mkdir(parents=True, exist_ok=True)
     probe_token = _generated_secret(paths.probe_token)
     conf = nginx_conf.render(
         nginx_conf.ProxyConfig(
-            server_name=settings.proxy.server_name, realm=settings.auth.realm, probe_token=probe_token
+            server_name=settings.proxy.server_name,
+            realm=settings.auth.realm,
+            probe_token=probe_token,
+            upstream_tasks=f"tasks.{settings.name}-{SERVICE_REGISTRY}" if settings.mode == "swarm" else "",
         )
     )
     changed = atomic_write(paths.nginx / NGINX_CONF_FILE, conf.encode(), mode=0o640, gid=NGINX_GID)

@@ -11,6 +11,7 @@ from supervisor import statefiles
 from supervisor.const import SERVICE_ORDER
 from supervisor.engine import Engine
 from supervisor.settings import Settings
+from supervisor.swarm import Swarm, replica_counts
 
 
 def _daemon_report(settings: Settings) -> dict[str, Any] | None:
@@ -95,6 +96,58 @@ def format_status_table(report: dict[str, Any]) -> str:
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     daemon = report["daemon"]
     lines.append(f"daemon: {'running, pid ' + str(daemon['pid']) if daemon['running'] else 'not running'}")
+    for service, e in report["services"].items():
+        if e["last_problem"]:
+            lines.append(f"{service}: last problem at {e['last_problem_at']}: {e['last_problem']}")
+    return "\n".join(lines)
+
+
+def collect_swarm_status(settings: Settings, swarm: Swarm) -> dict[str, Any]:
+    services = swarm.services()
+    counts = replica_counts(services, swarm.tasks(), swarm.node_names())
+    daemon = _daemon_report(settings)
+    supervised = (daemon or {}).get("services", {}) if daemon and daemon.get("daemon_running") else {}
+    return {
+        "project": settings.name,
+        "mode": "swarm",
+        "daemon": {
+            "running": bool(daemon and daemon.get("daemon_running")),
+            "pid": daemon.get("pid") if daemon else None,
+        },
+        "services": {
+            name: {
+                **counts.get(
+                    name, {"swarm_service": None, "desired": 0, "running": 0, "nodes": {}, "update": None}
+                ),
+                "failures_in_window": supervised.get(name, {}).get("failures_in_window", 0),
+                "last_problem": supervised.get(name, {}).get("last_problem") or None,
+                "last_problem_at": _iso(supervised.get(name, {}).get("last_problem_at")),
+            }
+            for name in SERVICE_ORDER
+        },
+    }
+
+
+def format_swarm_status(report: dict[str, Any]) -> str:
+    header = ("SERVICE", "SWARM SERVICE", "RUNNING", "UPDATE", "NODES")
+    rows = [header]
+    for service, e in report["services"].items():
+        nodes = ",".join(f"{node}:{count}" for node, count in e["nodes"].items())
+        rows.append(
+            (
+                service,
+                e["swarm_service"] or "-",
+                f"{e['running']}/{e['desired']}",
+                e["update"] or "-",
+                nodes or "-",
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    daemon = report["daemon"]
+    lines.append(
+        f"daemon: {'running, pid ' + str(daemon['pid']) if daemon['running'] else 'not running'} (swarm mode)"
+    )
     for service, e in report["services"].items():
         if e["last_problem"]:
             lines.append(f"{service}: last problem at {e['last_problem_at']}: {e['last_problem']}")

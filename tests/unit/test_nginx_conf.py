@@ -46,7 +46,8 @@ def test_refuses_injection(field, value):
     shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists(),
     reason="needs Debian's nginx binary (installed by tests/setup)",
 )
-def test_debian_nginx_accepts_it(tmp_path):
+@pytest.mark.parametrize("upstream_tasks", ["", "tasks.regsupervisor-registry"], ids=["standalone", "swarm"])
+def test_debian_nginx_accepts_it(tmp_path, upstream_tasks):
     """`nginx -t` with Debian's 1.22, the paths rewritten to a scratch prefix."""
     conf_dir = tmp_path / "conf.d"
     conf_dir.mkdir()
@@ -54,7 +55,11 @@ def test_debian_nginx_accepts_it(tmp_path):
     (conf_dir / "server.crt").write_bytes(pair.cert_pem)
     (conf_dir / "server.key").write_bytes(pair.key_pem)
     (conf_dir / "htpasswd").write_text("")
-    server = render(ProxyConfig(server_name="localhost", realm="Registry", conf_dir=str(conf_dir)))
+    server = render(
+        ProxyConfig(
+            server_name="localhost", realm="Registry", conf_dir=str(conf_dir), upstream_tasks=upstream_tasks
+        )
+    )
     # nginx -t resolves upstream names: point "registry" at loopback for the check.
     server = server.replace("server registry:5000;", "server 127.0.0.1:5000;")
     (conf_dir / "registry.conf").write_text(server)
@@ -71,3 +76,13 @@ def test_debian_nginx_accepts_it(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert "[warn]" not in result.stderr, result.stderr
+
+
+def test_swarm_mode_resolves_the_registry_tasks_while_running():
+    server = render(ProxyConfig("localhost", "Registry", upstream_tasks="tasks.rs-registry"))
+    assert "resolver 127.0.0.11 valid=5s" in server
+    assert "upstream docker-registry" not in server
+    assert server.count("set $registry_tasks tasks.rs-registry:5000;") == 2
+    assert "proxy_pass http://$registry_tasks;" in server
+    with pytest.raises(ValueError, match="tasks"):
+        render(ProxyConfig("localhost", "Registry", upstream_tasks="tasks.x; evil"))

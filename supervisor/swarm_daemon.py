@@ -1,0 +1,351 @@
+"""The daemon in swarm mode: converge the services, then watch them until SIGTERM/SIGINT.
+
+Swarm restarts failed tasks itself (restart policy) and replaces unhealthy ones (health checks);
+this loop keeps the services equal to the config (drift, deleted services, config reloads),
+reports task changes like standalone mode reports container changes, and gives up with a non-zero
+exit when a service cannot converge: an update rolled back, or tasks failing faster than
+`respawn.limit` in `respawn.interval`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import docker.errors
+import requests.exceptions
+import structlog
+
+from supervisor import probes, stack, statefiles, swarm_reconcile
+from supervisor.const import (
+    EXIT_OK,
+    EXIT_RESPAWN_LIMIT,
+    HTPASSWD_FILE,
+    NGINX_CERT_FILE,
+    NGINX_CONF_FILE,
+    NGINX_KEY_FILE,
+    SERVICE_ORDER,
+)
+from supervisor.daemon import EngineBack, EngineEvent, EngineLost, EventWatcher, Signalled
+from supervisor.engine import Engine, connect, describe_error
+from supervisor.errors import UserError
+from supervisor.fsutil import atomic_write
+from supervisor.notify import Notifier
+from supervisor.settings import Settings, load_settings
+from supervisor.swarm import Swarm, Task, replica_counts
+from supervisor.swarm_specs import NginxFiles, StorageCredentials, SwarmStack, desired_swarm
+
+log = structlog.get_logger()
+
+RESYNC_INTERVAL = 10.0
+RETRY_AFTER_ERROR = 2.0
+FAILED_TASK_STATES = frozenset({"failed", "rejected", "orphaned"})
+ROLLED_BACK = frozenset({"rollback_completed", "rollback_paused", "paused"})
+DOCKER_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException)
+
+
+@dataclass
+class ServiceReport:
+    """What the daemon has seen of one service's tasks."""
+
+    failures: deque[float]
+    failures_total: int = 0
+    last_problem: str = ""
+    last_problem_at: float | None = None
+
+
+def swarm_inputs(settings: Settings) -> tuple[NginxFiles, StorageCredentials]:
+    """Read what the services carry: nginx's files as prepared on disk and the S3 keys."""
+    nginx_dir = statefiles.layout(settings).nginx
+    nginx = NginxFiles(
+        conf=(nginx_dir / NGINX_CONF_FILE).read_bytes(),
+        cert=(nginx_dir / NGINX_CERT_FILE).read_bytes(),
+        key=(nginx_dir / NGINX_KEY_FILE).read_bytes(),
+        htpasswd=(nginx_dir / HTPASSWD_FILE).read_bytes(),
+    )
+    storage = settings.registry.storage
+    keys = []
+    for key, path in (
+        ("access_key_file", storage.access_key_file),
+        ("secret_key_file", storage.secret_key_file),
+    ):
+        if not path:
+            continue
+        try:
+            keys.append(Path(path).read_text().strip())
+        except OSError as exc:
+            raise UserError(f"registry.storage.{key}: cannot read {path}: {exc.strerror}") from None
+        if not keys[-1]:
+            raise UserError(f"registry.storage.{key}: {path} is empty")
+    return nginx, StorageCredentials(*keys)
+
+
+class SwarmDaemon:
+    def __init__(self, config_path: Path, settings: Settings) -> None:
+        self.config_path = config_path
+        self.settings = settings
+        self.inbox: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self.notifier = Notifier()
+        self.exit_code: int | None = None
+        self.ready = False
+        self.engine_up = True
+        self.next_resync = 0.0
+        self.next_observe = 0.0
+        self.next_watchdog = 0.0
+        self.last_error = ""
+        self.started_wall = time.time()
+        self.task_states: dict[str, str] = {}
+        self.observed = False
+        self.reports = {name: ServiceReport(deque()) for name in SERVICE_ORDER}
+        self.updated: set[str] = set()  # services this run has rolled out a change to
+        self.desired: SwarmStack
+        self.probe_token = ""
+        self.swarm: Swarm
+        self.watcher: EventWatcher
+
+    def run(self) -> int:
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, lambda s, _f: self.inbox.put(Signalled(s)))
+        client = connect(self.settings.docker.host)
+        self.swarm = Swarm(client, self.settings.name)
+        self.swarm.require_manager()
+        self.remove_standalone(Engine(client, self.settings.name))
+        if self.settings.listen.host not in ("0.0.0.0", "::"):
+            log.warning(
+                "swarm publishes proxy.listen's port on every address of each node; its address is ignored",
+                listen=str(self.settings.listen),
+            )
+        host, project = self.settings.docker.host, self.settings.name
+        self.watcher = EventWatcher(lambda since: Swarm(connect(host), project).events(since), self.inbox)
+        self.watcher.start()
+        self.watcher.subscribed.wait(10)
+        try:
+            self.converge(self.settings, announce=True)
+        except DOCKER_ERRORS as exc:
+            self.report_error(describe_error(exc))
+        try:
+            while self.exit_code is None:
+                self.step()
+        finally:
+            self.watcher.close()
+        return self.exit_code
+
+    def remove_standalone(self, engine: Engine) -> None:
+        if engine.containers():
+            removed = stack.down(engine, self.settings.name)
+            log.info("standalone containers removed: mode is swarm", containers=",".join(removed))
+
+    def step(self) -> None:
+        now = time.monotonic()
+        waits = [self.next_resync - now, self.next_observe - now]
+        if self.notifier.watchdog_interval:
+            waits.append(self.next_watchdog - now)
+        try:
+            item: object | None = self.inbox.get(timeout=max(0.0, min(waits)))
+        except queue.Empty:
+            item = None
+        try:
+            if item is not None:
+                self.handle(item)
+            self.on_timers()
+        except UserError as exc:
+            self.report_error(str(exc))
+        except DOCKER_ERRORS as exc:
+            self.report_error(describe_error(exc))
+
+    def report_error(self, message: str) -> None:
+        if message != self.last_error:
+            log.error("action failed, will retry", error=message)
+            self.last_error = message
+        self.next_resync = time.monotonic() + RETRY_AFTER_ERROR
+
+    def handle(self, item: object) -> None:
+        if isinstance(item, Signalled):
+            if item.signum == signal.SIGHUP:
+                self.reload()
+            else:
+                log.info(
+                    "stopping; the swarm keeps the services running", signal=signal.Signals(item.signum).name
+                )
+                self.notifier.stopping()
+                self.exit_code = EXIT_OK
+        elif isinstance(item, EngineEvent):
+            if self.is_ours(item.event):
+                self.next_observe = 0.0
+                if item.event.get("Type") == "service":
+                    self.next_resync = 0.0  # edited or removed by hand? (our own edits plan nothing)
+        elif isinstance(item, EngineLost):
+            if self.engine_up:
+                log.error("lost the Docker engine, reconnecting", error=item.error)
+            self.engine_up = False
+            self.notifier.status("Docker engine unreachable, reconnecting")
+        elif isinstance(item, EngineBack):
+            log.info("Docker engine reachable again, reconverging")
+            self.engine_up = True
+            self.next_resync = 0.0
+
+    def is_ours(self, event: dict[str, Any]) -> bool:
+        attributes = (event.get("Actor") or {}).get("Attributes") or {}
+        name = str(attributes.get("com.docker.swarm.service.name") or attributes.get("name") or "")
+        return any(name == spec.name for spec in self.desired.services)
+
+    def on_timers(self) -> None:
+        now = time.monotonic()
+        if self.notifier.watchdog_interval and now >= self.next_watchdog:
+            self.notifier.watchdog()
+            self.next_watchdog = now + self.notifier.watchdog_interval / 2
+        if not self.engine_up:
+            return
+        if now >= self.next_resync:
+            self.converge(self.settings)
+        if now >= self.next_observe:
+            self.observe()
+
+    # --- converge ----------------------------------------------------------------------------
+
+    def converge(self, settings: Settings, announce: bool = False) -> None:
+        # Files are prepared on every pass (a user added since is rolled out); the advice that
+        # goes with them is logged at start and reload only.
+        prepared = stack.prepare_files(settings) if announce else statefiles.prepare(settings)
+        nginx, credentials = swarm_inputs(settings)
+        desired = desired_swarm(settings, prepared.http_secret, nginx, credentials)
+        # Adopted before acting: after a failure the next pass retries these settings.
+        self.settings, self.desired, self.probe_token = settings, desired, prepared.probe_token
+        actions = swarm_reconcile.plan(desired, self.swarm.services())
+        changed = swarm_reconcile.execute(self.swarm, desired, actions)
+        self.updated |= changed
+        self.swarm.prune_files({f.name for f in desired.files})
+        if changed:
+            self.ready = False
+        self.last_error = ""
+        self.next_resync = time.monotonic() + RESYNC_INTERVAL
+        self.next_observe = 0.0
+
+    def reload(self) -> None:
+        self.notifier.reloading()
+        log.info("reloading configuration", config=str(self.config_path))
+        try:
+            new = load_settings(self.config_path)
+            if (new.name, new.docker.host, new.state_dir, new.mode) != (
+                self.settings.name,
+                self.settings.docker.host,
+                self.settings.state_dir,
+                self.settings.mode,
+            ):
+                raise UserError("name, mode, docker.host and state_dir cannot change on reload: restart")
+            self.converge(new, announce=True)
+        except UserError as exc:
+            log.error("config reload failed, keeping the running configuration", error=str(exc))
+        else:
+            log.info("configuration reloaded", config=str(self.config_path))
+        self.notifier.ready(self.status_line())
+
+    # --- observe -----------------------------------------------------------------------------
+
+    def observe(self) -> None:
+        self.next_observe = time.monotonic() + self.settings.health.interval
+        services = {s.id: s for s in self.swarm.services()}
+        tasks = self.swarm.tasks()
+        nodes = self.swarm.node_names()
+        for task in tasks:
+            service = services.get(task.service_id)
+            if service is not None:
+                self.on_task(service.service, task, nodes.get(task.node_id, task.node_id[:12]))
+        self.task_states = {t.id: t.state for t in tasks}
+        self.observed = True  # from now on an unseen task is a new one
+        counts = replica_counts(list(services.values()), tasks, nodes)
+        for service in services.values():
+            if service.service in self.updated and service.update_state in ROLLED_BACK:
+                self.give_up(service.service, f"update rolled back: {service.update_message}")
+                return
+        converged = all(c["running"] >= c["desired"] > 0 for c in counts.values()) and len(counts) == len(
+            self.desired.services
+        )
+        if converged and not self.ready and self.serving():
+            self.ready = True
+            log.info("registry serving through the proxy", listen=str(self.settings.listen), mode="swarm")
+            self.notifier.ready(self.status_line(counts))
+        self.publish_status(counts)
+
+    def serving(self) -> bool:
+        """The proxy on this node answers (a manager runs one of the global service's tasks)."""
+        result = probes.probe_proxy(
+            "127.0.0.1", self.settings.listen.port, self.settings.health.timeout, self.probe_token
+        )
+        return result.ok
+
+    def on_task(self, service: str, task: Task, node: str) -> None:
+        before = self.task_states.get(task.id)
+        if before == task.state:
+            return
+        if task.state == "running":
+            log.info("task running", service=service, slot=task.slot, node=node, task=task.id[:12])
+        elif task.state in FAILED_TASK_STATES and (before is not None or self.observed):
+            reason = task.error or "failed"
+            if task.exit_code is not None and f"({task.exit_code})" not in reason:
+                reason += f" (exit code {task.exit_code})"
+            log.warning(
+                "task died", service=service, slot=task.slot, node=node, task=task.id[:12], reason=reason
+            )
+            self.count_failure(service, reason)
+
+    def count_failure(self, service: str, reason: str) -> None:
+        report = self.reports[service]
+        now = time.monotonic()
+        report.failures.append(now)
+        report.failures_total += 1
+        report.last_problem, report.last_problem_at = reason, time.time()
+        respawn = self.settings.respawn
+        while report.failures and report.failures[0] < now - respawn.interval:
+            report.failures.popleft()
+        if respawn.limit and len(report.failures) > respawn.limit:
+            self.give_up(
+                service, f"respawning too fast: {len(report.failures)} failures in {respawn.interval:g}s"
+            )
+
+    def give_up(self, service: str, problem: str) -> None:
+        log.error(f"{service} cannot converge, stopped", service=service, problem=problem)
+        self.reports[service].last_problem = problem
+        self.exit_code = EXIT_RESPAWN_LIMIT
+
+    # --- reporting ---------------------------------------------------------------------------
+
+    def status_line(self, counts: dict[str, dict[str, Any]] | None = None) -> str:
+        if not counts:
+            return "swarm mode"
+        return ", ".join(f"{name} {c['running']}/{c['desired']}" for name, c in counts.items())
+
+    def publish_status(self, counts: dict[str, dict[str, Any]]) -> None:
+        now = time.monotonic()
+        interval = self.settings.respawn.interval
+        report = {
+            "pid": os.getpid(),
+            "mode": "swarm",
+            "started_at": self.started_wall,
+            "updated_at": time.time(),
+            "ready": self.ready,
+            "services": {
+                name: {
+                    **counts.get(name, {}),
+                    "failures_in_window": sum(1 for t in r.failures if t >= now - interval),
+                    "failures_total": r.failures_total,
+                    "last_problem": r.last_problem,
+                    "last_problem_at": r.last_problem_at,
+                }
+                for name, r in self.reports.items()
+            },
+        }
+        path = statefiles.layout(self.settings).status
+        atomic_write(path, json.dumps(report, indent=1).encode(), mode=0o644)
+        self.notifier.status(self.status_line(counts))
+
+
+def run_swarm_daemon(config_path: Path, settings: Settings) -> int:
+    return SwarmDaemon(config_path, settings).run()
