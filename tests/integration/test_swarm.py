@@ -15,6 +15,7 @@ import signal
 import subprocess
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import docker
@@ -65,6 +66,9 @@ class SwarmStack(Stack):
         storage = (
             f'[registry.storage]\ndriver = "s3"\nbucket = "{BUCKET}"\nendpoint = "http://s3:5000"\n'
             f'path_style = true\naccess_key_file = "{keys}/access_key"\nsecret_key_file = "{keys}/secret_key"\n'
+            if mode == "swarm" and not self.credentials_secret
+            else f'[registry.storage]\ndriver = "s3"\nbucket = "{BUCKET}"\nendpoint = "http://s3:5000"\n'
+            f'path_style = true\ncredentials_secret = "{self.credentials_secret}"\n'
             if mode == "swarm"
             else ""
         )
@@ -427,6 +431,29 @@ def test_a_service_that_cannot_converge_stops_the_daemon(swarm, tmp_path, client
     finally:
         stack.cleanup()
         client.images.remove(image, force=True)
+
+
+def test_credentials_from_an_existing_swarm_secret(swarm, tmp_path, client):
+    """Without credentials the registry's S3 client cannot sign a request: a push proves it read them."""
+    name = f"rs{secrets.token_hex(4)}"
+    secret = client.secrets.create(
+        name=f"{name}-aws",
+        data=f"[default]\naws_access_key_id = {S3_KEYS[0]}\naws_secret_access_key = {S3_KEYS[1]}\n".encode(),
+    )
+    stack = SwarmStack(swarm, tmp_path / "creds", name, free_port(), credentials_secret=f"{name}-aws")
+    try:
+        assert "access_key_file" not in stack.config_path.read_text()
+        stack.add_user(*AUTH)
+        stack.start_daemon(wait=False)
+        stack.start_s3()
+        stack.wait_serving(AUTH, timeout=120)
+        with session(stack) as s:
+            digest = registry_client.push_image(s, stack.url, "via-secret")
+            assert registry_client.pull_image(s, stack.url, "via-secret") == digest
+        assert stack.bucket_keys("docker/registry/v2/repositories/via-secret/")
+    finally:
+        stack.cleanup()
+        secret.remove()
 
 
 def test_switching_back_to_standalone_removes_the_services(swarm_stack, client):
