@@ -53,7 +53,10 @@ def swarm(client):
         assert client.info()["Swarm"]["LocalNodeState"] == "inactive"
 
 
+@dataclass
 class SwarmStack(Stack):
+    credentials_secret: str = ""  # an existing swarm secret instead of key files
+
     def write_config(
         self, extra: str | None = None, listen_port: int | None = None, mode: str = "swarm"
     ) -> None:
