@@ -102,6 +102,7 @@ def cmd_user_add(args: argparse.Namespace) -> int:
     statefiles.ensure_user_dir(settings)
     existed = htpasswd.add_user(path, args.name, password, gid=NGINX_GID)
     print(f"user {args.name!r} {'updated' if existed else 'added'} in {path}")
+    _swarm_note(settings)
     return EXIT_OK
 
 
@@ -110,7 +111,15 @@ def cmd_user_remove(args: argparse.Namespace) -> int:
     path = statefiles.layout(settings).htpasswd
     htpasswd.remove_user(path, args.name, gid=NGINX_GID)
     print(f"user {args.name!r} removed from {path}")
+    _swarm_note(settings)
     return EXIT_OK
+
+
+def _swarm_note(settings: Settings) -> None:
+    if settings.mode == "swarm":
+        print(
+            "swarm mode: the daemon rolls the change out to the proxies within 10 s (or: systemctl reload regsupervisor)"
+        )
 
 
 def cmd_user_list(args: argparse.Namespace) -> int:
