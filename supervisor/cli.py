@@ -13,7 +13,7 @@ from typing import Any
 
 import structlog
 
-from supervisor import htpasswd, logs, statefiles
+from supervisor import htpasswd, logs, paths, statefiles
 from supervisor.const import CONFIG_ENV, DEFAULT_CONFIG_PATH, EXIT_OK, NGINX_GID
 from supervisor.engine import Engine, connect
 from supervisor.errors import UserError
@@ -98,7 +98,7 @@ def cmd_user_add(args: argparse.Namespace) -> int:
     settings = _settings(args)
     htpasswd.check_name(args.name)
     password = _read_password(args.name, args.password_stdin)
-    path = statefiles.layout(settings).htpasswd
+    path = paths.layout(settings).htpasswd
     statefiles.ensure_user_dir(settings)
     existed = htpasswd.add_user(path, args.name, password, gid=NGINX_GID)
     print(f"user {args.name!r} {'updated' if existed else 'added'} in {path}")
@@ -108,7 +108,7 @@ def cmd_user_add(args: argparse.Namespace) -> int:
 
 def cmd_user_remove(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    path = statefiles.layout(settings).htpasswd
+    path = paths.layout(settings).htpasswd
     htpasswd.remove_user(path, args.name, gid=NGINX_GID)
     print(f"user {args.name!r} removed from {path}")
     _swarm_note(settings)
@@ -124,7 +124,7 @@ def _swarm_note(settings: Settings) -> None:
 
 def cmd_user_list(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    users = htpasswd.load(statefiles.layout(settings).htpasswd)
+    users = htpasswd.load(paths.layout(settings).htpasswd)
     for name in users.hashes:
         print(name)
     for bad in users.malformed:

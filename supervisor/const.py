@@ -28,6 +28,8 @@ NGINX_CONF_FILE = "registry.conf"
 NGINX_CERT_FILE = "server.crt"
 NGINX_KEY_FILE = "server.key"
 HTPASSWD_FILE = "htpasswd"
+# The generated local CA's certificate, under state_dir/tls: what clients must trust.
+CA_CERT_FILE = "ca.crt"
 # uid/gid of the nginx user in the upstream image (and in the images built from Debian packages).
 NGINX_GID = 101
 

@@ -25,7 +25,7 @@ import requests.exceptions
 import structlog
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential
 
-from supervisor import probes, stack, statefiles
+from supervisor import paths, probes, stack, statefiles
 from supervisor.const import (
     EXIT_OK,
     EXIT_RESPAWN_LIMIT,
@@ -623,7 +623,7 @@ class Daemon:
                 for name, state in self.services.items()
             },
         }
-        path = statefiles.layout(self.settings).status
+        path = paths.layout(self.settings).status
         atomic_write(path, json.dumps(report, indent=1).encode(), mode=0o644)
         self.notifier.status(self.status_line())
 

@@ -24,8 +24,8 @@ from supervisor.const import (
     SERVICE_NGINX,
     SERVICE_REGISTRY,
 )
+from supervisor.paths import layout
 from supervisor.settings import HostPort, Settings
-from supervisor.statefiles import layout
 
 
 @dataclass(frozen=True)

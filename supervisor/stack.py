@@ -7,7 +7,7 @@ from pathlib import Path
 
 import structlog
 
-from supervisor import reconcile, specs, statefiles
+from supervisor import paths, reconcile, specs, statefiles
 from supervisor.const import SERVICE_NGINX, SERVICE_ORDER, SERVICE_REGISTRY
 from supervisor.engine import Container, Engine
 from supervisor.settings import Settings
@@ -33,7 +33,7 @@ def prepare_files(settings: Settings) -> statefiles.Prepared:
     for bad in prepared.users.malformed:
         log.warning(
             "malformed line in user file ignored",
-            file=str(statefiles.layout(settings).htpasswd),
+            file=str(paths.layout(settings).htpasswd),
             line=bad.line_number,
             reason=bad.reason,
         )

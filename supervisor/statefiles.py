@@ -20,7 +20,6 @@ from pathlib import Path
 
 from supervisor import htpasswd, nginx_conf, tls
 from supervisor.const import (
-    HTPASSWD_FILE,
     NGINX_CERT_FILE,
     NGINX_CONF_FILE,
     NGINX_GID,
@@ -28,40 +27,8 @@ from supervisor.const import (
     SERVICE_REGISTRY,
 )
 from supervisor.fsutil import atomic_write, ensure_dir
+from supervisor.paths import layout
 from supervisor.settings import Settings
-
-
-@dataclass(frozen=True)
-class Layout:
-    state: Path
-
-    @property
-    def http_secret(self) -> Path:
-        return self.state / "http_secret"
-
-    @property
-    def probe_token(self) -> Path:
-        return self.state / "probe_token"
-
-    @property
-    def tls(self) -> Path:
-        return self.state / "tls"
-
-    @property
-    def ca_cert(self) -> Path:
-        return self.tls / tls.CA_CERT
-
-    @property
-    def nginx(self) -> Path:
-        return self.state / "nginx"
-
-    @property
-    def htpasswd(self) -> Path:
-        return self.nginx / HTPASSWD_FILE
-
-    @property
-    def status(self) -> Path:
-        return self.state / "status.json"
 
 
 @dataclass(frozen=True)
@@ -73,10 +40,6 @@ class Prepared:
     generated_ca: Path | None
     cert_not_after: dt.datetime
     users: htpasswd.Users
-
-
-def layout(settings: Settings) -> Layout:
-    return Layout(settings.state_path)
 
 
 def load_tls(settings: Settings) -> tls.ServerPair:

@@ -7,7 +7,7 @@ import json
 import os
 from typing import Any
 
-from supervisor import statefiles
+from supervisor import paths
 from supervisor.const import SERVICE_ORDER
 from supervisor.engine import Engine
 from supervisor.settings import Settings
@@ -16,7 +16,7 @@ from supervisor.swarm import Swarm, replica_counts
 
 def _daemon_report(settings: Settings) -> dict[str, Any] | None:
     try:
-        report: dict[str, Any] = json.loads(statefiles.layout(settings).status.read_text())
+        report: dict[str, Any] = json.loads(paths.layout(settings).status.read_text())
     except (FileNotFoundError, ValueError):
         return None
     try:

@@ -23,7 +23,7 @@ import docker.errors
 import requests.exceptions
 import structlog
 
-from supervisor import probes, stack, statefiles, swarm_reconcile
+from supervisor import paths, probes, stack, statefiles, swarm_reconcile
 from supervisor.const import (
     EXIT_OK,
     EXIT_RESPAWN_LIMIT,
@@ -63,7 +63,7 @@ class ServiceReport:
 
 def swarm_inputs(settings: Settings) -> tuple[NginxFiles, StorageCredentials]:
     """Read what the services carry: nginx's files as prepared on disk and the S3 keys."""
-    nginx_dir = statefiles.layout(settings).nginx
+    nginx_dir = paths.layout(settings).nginx
     nginx = NginxFiles(
         conf=(nginx_dir / NGINX_CONF_FILE).read_bytes(),
         cert=(nginx_dir / NGINX_CERT_FILE).read_bytes(),
@@ -342,7 +342,7 @@ class SwarmDaemon:
                 for name, r in self.reports.items()
             },
         }
-        path = statefiles.layout(self.settings).status
+        path = paths.layout(self.settings).status
         atomic_write(path, json.dumps(report, indent=1).encode(), mode=0o644)
         self.notifier.status(self.status_line(counts))
 

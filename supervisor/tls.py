@@ -12,13 +12,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from supervisor.const import CA_CERT_FILE
 from supervisor.errors import UserError
 from supervisor.fsutil import atomic_write
 
 CA_VALID_DAYS = 3650
 SERVER_VALID_DAYS = 90
 RENEW_BEFORE_DAYS = 30
-CA_CERT = "ca.crt"
+CA_CERT = CA_CERT_FILE
 CA_KEY = "ca.key"
 SERVER_CERT = "server.crt"
 SERVER_KEY = "server.key"
