@@ -3,7 +3,6 @@ docker-compose 1.29 (no `docker compose` plugin, no `up --wait`) with the post's
 
 from __future__ import annotations
 
-import os
 import secrets
 import shutil
 import subprocess
@@ -11,30 +10,14 @@ import subprocess
 import docker
 import pytest
 
-from bench.stacks import COMPOSE_COMMAND, NGINX_IMAGE, REGISTRY_IMAGE, REPO, ComposeStack
-
-
-def _engine_required() -> bool:
-    return os.environ.get("CI") == "true" or os.environ.get("REGSUPERVISOR_REQUIRE_ENGINE") == "1"
+from bench.stacks import COMPOSE_COMMAND, REPO, ComposeStack
 
 
 @pytest.fixture(scope="session")
-def engine() -> docker.DockerClient:
-    try:
-        client = docker.from_env(timeout=120)
-        client.ping()
-    except Exception as exc:
-        if _engine_required():
-            pytest.fail(f"no Docker engine reachable ({exc}); run the tests through tests/run")
-        pytest.skip(f"no Docker engine reachable: {exc}")
-    for image in (REGISTRY_IMAGE, NGINX_IMAGE):
-        try:
-            client.images.get(image)
-        except docker.errors.ImageNotFound:
-            pytest.fail(f"image {image} missing: run scripts/build-images (tests/run does)")
+def engine(docker_engine) -> docker.DockerClient:
     if shutil.which(COMPOSE_COMMAND) is None or shutil.which("htpasswd") is None:
         subprocess.run([str(REPO / "bench" / "ensure-tools")], check=True, timeout=600)
-    return client
+    return docker_engine
 
 
 @pytest.fixture(scope="session")

@@ -20,31 +20,14 @@ import pytest
 import requests
 
 from supervisor.const import LABEL_PROJECT
+from tests.engine import NGINX_IMAGE, REGISTRY_IMAGE
 
-REGISTRY_IMAGE = os.environ.get("REGSUPERVISOR_TEST_REGISTRY_IMAGE", "registry:2")
-NGINX_IMAGE = os.environ.get("REGSUPERVISOR_TEST_NGINX_IMAGE", "nginx:1.28")
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _engine_required() -> bool:
-    return os.environ.get("CI") == "true" or os.environ.get("REGSUPERVISOR_REQUIRE_ENGINE") == "1"
-
-
 @pytest.fixture(scope="session")
-def client() -> docker.DockerClient:
-    try:
-        client = docker.from_env(timeout=120)
-        client.ping()
-    except Exception as exc:
-        if _engine_required():
-            pytest.fail(f"no Docker engine reachable ({exc}); run the tests through tests/run")
-        pytest.skip(f"no Docker engine reachable: {exc}")
-    for image in (REGISTRY_IMAGE, NGINX_IMAGE):
-        try:
-            client.images.get(image)
-        except docker.errors.ImageNotFound:
-            pytest.fail(f"image {image} missing: run scripts/build-images (tests/run does)")
-    return client
+def client(docker_engine) -> docker.DockerClient:
+    return docker_engine
 
 
 def free_port() -> int:

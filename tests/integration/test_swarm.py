@@ -24,8 +24,9 @@ import requests
 
 from supervisor.const import LABEL_PROJECT, LABEL_SWARM_PROJECT
 from supervisor.swarm import Swarm
+from tests.engine import NGINX_IMAGE, REGISTRY_IMAGE
 from tests.integration import registry_client
-from tests.integration.conftest import NGINX_IMAGE, REGISTRY_IMAGE, REPO, Stack, free_port
+from tests.integration.conftest import REPO, Stack, free_port
 from tests.integration.test_foundation import docker_cli, make_test_image
 
 AUTH = ("ops", "swarm-pass-1")

@@ -32,7 +32,8 @@ import pytest
 import requests
 
 from supervisor.const import LABEL_PROJECT
-from tests.integration.conftest import NGINX_IMAGE, REGISTRY_IMAGE, free_port
+from tests.engine import NGINX_IMAGE, REGISTRY_IMAGE, unavailable
+from tests.integration.conftest import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 UNIT = "regsupervisor"
@@ -69,35 +70,15 @@ ExecStart=/lib/systemd/systemd-socket-proxyd {HOST_ENGINE_SOCKET}
 }
 
 
-def _engine_required() -> bool:
-    return os.environ.get("CI") == "true" or os.environ.get("REGSUPERVISOR_REQUIRE_ENGINE") == "1"
-
-
-def _unavailable(reason: str) -> None:
-    if _engine_required():
-        pytest.fail(reason)
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="session")
-def engine() -> docker.DockerClient:
-    try:
-        client = docker.from_env(timeout=300)
-        client.ping()
-    except Exception as exc:
-        _unavailable(f"no Docker engine reachable ({exc}); run the tests through tests/run")
-    for image in (REGISTRY_IMAGE, NGINX_IMAGE):
-        try:
-            client.images.get(image)
-        except docker.errors.ImageNotFound:
-            pytest.fail(f"image {image} missing: run scripts/build-images (tests/run does)")
-    return client
+def engine(docker_engine) -> docker.DockerClient:
+    return docker_engine
 
 
 def engine_socket() -> str:
     host = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
     if not host.startswith("unix://"):
-        _unavailable(f"the systemd tests mount the engine's socket: DOCKER_HOST={host} is not one")
+        unavailable(f"the systemd tests mount the engine's socket: DOCKER_HOST={host} is not one")
     return host.removeprefix("unix://")
 
 

@@ -14,7 +14,7 @@ import docker
 import pytest
 import requests
 
-from tests.integration.conftest import REGISTRY_IMAGE
+from tests.engine import REGISTRY_IMAGE
 from tests.integration.registry_client import pull_image, push_image
 from tests.systemd.conftest import CONFIG, UNIT, USER, Machine, summary
 
