@@ -73,6 +73,9 @@ class Probed:
     service: str
     container_id: str
     result: probes.ProbeResult
+    # Measured by the prober before a failure that could get the container killed: whether it
+    # used CPU meanwhile (busy, not hung).
+    busy: bool = False
 
 
 @dataclass(frozen=True)
@@ -151,9 +154,13 @@ class Target:
 class Prober(threading.Thread):
     """Probes one service at a fixed rate (start to start) and reports to the inbox."""
 
-    def __init__(self, service: str, inbox: queue.SimpleQueue[object], health: HealthSettings) -> None:
+    def __init__(
+        self, service: str, inbox: queue.SimpleQueue[object], health: HealthSettings, engine: Engine
+    ) -> None:
         super().__init__(name=f"probe-{service}", daemon=True)
-        self.service, self.inbox, self.health = service, inbox, health
+        self.service, self.inbox, self.health, self.engine = service, inbox, health, engine
+        self.failures_in_row = 0
+        self.last_container_id = ""
         self.target: Target | None = None
         self.token = ""
         self.stopped = threading.Event()
@@ -170,7 +177,13 @@ class Prober(threading.Thread):
                     if self.service == SERVICE_REGISTRY
                     else probes.probe_proxy(target.host, target.port, self.health.timeout, self.token)
                 )
-                self.inbox.put(Probed(self.service, target.container_id, result))
+                if result.ok or target.container_id != self.last_container_id:
+                    self.failures_in_row = 0
+                self.last_container_id = target.container_id
+                self.failures_in_row += 0 if result.ok else 1
+                # The CPU check takes half a second: here, not in the main loop.
+                busy = self.failures_in_row >= self.health.failures and self.engine.busy(target.container_id)
+                self.inbox.put(Probed(self.service, target.container_id, result, busy))
                 if not result.ok:
                     # Confirm a failure at once rather than an interval later: a hang is then
                     # caught in about failures x timeout (a busy container is told apart by
@@ -216,7 +229,10 @@ class Daemon:
         self.watcher.subscribed.wait(10)
         self.converge(self.prepared)
         self.schedule_renewal()
-        self.probers = {name: Prober(name, self.inbox, self.settings.health) for name in SERVICE_ORDER}
+        self.probers = {
+            name: Prober(name, self.inbox, self.settings.health, Engine(connect(host), project))
+            for name in SERVICE_ORDER
+        }
         self.refresh_probe_targets()
         for prober in self.probers.values():
             prober.start()
@@ -356,7 +372,7 @@ class Daemon:
             not probed.result.ok
             and state.state is State.RUNNING
             and state.failed_probes + 1 >= state.health.failures
-            and self.engine.busy(current)
+            and probed.busy
         ):
             # Too busy to answer (a burst of big pulls on a small host), not hung: killing it
             # would cut every transfer in flight. A stopped or deadlocked process uses no CPU.

@@ -344,13 +344,13 @@ class Engine:
     def signal(self, container: Container, signal: str) -> None:
         self.api.kill(container.id, signal=signal)
 
-    def busy(self, container: Container, window: float = 0.5) -> bool:
+    def busy(self, container_id: str, window: float = 0.5) -> bool:
         """Whether the container used CPU within `window` seconds: a stopped (hung) process does
         not; one too busy to answer a probe in time does."""
         try:
-            first = self._cpu_seconds(container.id)
+            first = self._cpu_seconds(container_id)
             time.sleep(window)
-            return self._cpu_seconds(container.id) - first > window * 0.05
+            return self._cpu_seconds(container_id) - first > window * 0.05
         except (docker.errors.APIError, requests.exceptions.RequestException, KeyError, TypeError):
             return False
 
