@@ -33,6 +33,12 @@ def _engine(settings: Settings) -> Engine:
     return Engine(connect(settings.docker.host), settings.name)
 
 
+def _swarm(settings: Settings) -> Swarm:
+    swarm = Swarm(connect(settings.docker.host), settings.name)
+    swarm.require_manager()
+    return swarm
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from supervisor.daemon import run_daemon
 
@@ -44,7 +50,8 @@ def cmd_down(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     if settings.mode == "swarm":
-        services = Swarm(connect(settings.docker.host), settings.name).remove_all(network_name(settings.name))
+        swarm = _swarm(settings)
+        services = swarm.remove_all(network_name(settings.name))
         print(
             f"removed {len(services)} swarm service(s) with their configs and secrets; bucket, certificates and users kept"
         )
@@ -57,7 +64,7 @@ def cmd_down(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if settings.mode == "swarm":
-        report = collect_swarm_status(settings, Swarm(connect(settings.docker.host), settings.name))
+        report = collect_swarm_status(settings, _swarm(settings))
         text = format_swarm_status(report)
     else:
         report = collect_status(settings, _engine(settings))

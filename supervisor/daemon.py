@@ -561,12 +561,13 @@ class Daemon:
         log.info("reloading configuration", config=str(self.config_path))
         try:
             new = load_settings(self.config_path)
-            if (new.name, new.docker.host, new.state_dir) != (
+            if (new.name, new.docker.host, new.state_dir, new.mode) != (
                 self.settings.name,
                 self.settings.docker.host,
                 self.settings.state_dir,
+                self.settings.mode,
             ):
-                raise UserError("name, docker.host and state_dir cannot change on reload: restart")
+                raise UserError("name, mode, docker.host and state_dir cannot change on reload: restart")
             prepared = stack.prepare_files(new)
         except UserError as exc:
             log.error("config reload failed, keeping the running configuration", error=str(exc))
@@ -647,7 +648,7 @@ class Daemon:
 def remove_swarm_services(client: docker.DockerClient, project: str) -> None:
     """Switching back from swarm mode: the project's services go before the containers come."""
     swarm = Swarm(client, project)
-    if swarm.manager_state() == "manager" and swarm.services():
+    if swarm.manager_state() == "manager" and swarm.leftovers(network_name(project)):
         removed = swarm.remove_all(network_name(project))
         log.info("swarm services removed: mode is standalone", services=",".join(removed))
 

@@ -267,6 +267,9 @@ class Settings(BaseSettings):
             raise ValueError(
                 'registry.storage.driver: s3 storage is used in swarm mode only (mode = "swarm")'
             )
+        if self.mode == "swarm" and not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,31}", self.name):
+            # Service names allow no dot; config names end "-registry-config-<digest>" within 64.
+            raise ValueError(f"name: {self.name!r} in swarm mode: a-z, 0-9, _ and - only, at most 32")
         if self.mode == "swarm" and self.registry.publish:
             raise ValueError(
                 "registry.publish: not available in swarm mode (the registry tasks are reached through nginx)"

@@ -70,6 +70,16 @@ class Service:
         return self.labels.get(LABEL_CONFIG_HASH, "")
 
     @property
+    def file_names(self) -> set[str]:
+        """Configs and secrets its current and previous spec use (a rollback needs the latter)."""
+        names = set()
+        for spec in (self.spec, self.attrs.get("PreviousSpec") or {}):
+            container = (spec.get("TaskTemplate") or {}).get("ContainerSpec") or {}
+            names |= {c.get("ConfigName", "") for c in container.get("Configs") or []}
+            names |= {s.get("SecretName", "") for s in container.get("Secrets") or []}
+        return names
+
+    @property
     def update_state(self) -> str:
         return str((self.attrs.get("UpdateStatus") or {}).get("State") or "")
 
@@ -170,10 +180,31 @@ class Swarm:
     @retrying()
     def remove_network(self, name: str) -> None:
         for net in self.api.networks(names=[name]):
-            if net["Name"] == name:
-                with contextlib.suppress(docker.errors.NotFound):
-                    self.api.remove_network(net["Id"])
+            if net["Name"] != name:
+                continue
+            try:
+                self.api.remove_network(net["Id"])
                 log.info("network removed", network=name)
+            except docker.errors.NotFound:
+                pass
+            except docker.errors.APIError as exc:
+                if "active endpoints" not in str(exc):
+                    raise
+                # Someone attached a container of their own (the network is attachable).
+                log.warning("network still in use by other containers, kept", network=name)
+
+    @retrying()
+    def leftovers(self, network: str) -> bool:
+        """Whether anything of the project is left on the swarm: services, files, the network."""
+        return bool(
+            self.services()
+            or self.file_ids()
+            or any(n["Name"] == network for n in self.api.networks(names=[network]))
+        )
+
+    @retrying()
+    def node_id(self) -> str:
+        return str((self.api.info().get("Swarm") or {}).get("NodeID") or "")
 
     # --- configs and secrets -----------------------------------------------------------------
 

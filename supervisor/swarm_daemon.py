@@ -15,7 +15,7 @@ import queue
 import signal
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from supervisor.const import (
     NGINX_CERT_FILE,
     NGINX_CONF_FILE,
     NGINX_KEY_FILE,
+    SERVICE_NGINX,
     SERVICE_ORDER,
 )
 from supervisor.daemon import EngineBack, EngineEvent, EngineLost, EventWatcher, Signalled
@@ -47,7 +48,12 @@ log = structlog.get_logger()
 RESYNC_INTERVAL = 10.0
 RETRY_AFTER_ERROR = 2.0
 FAILED_TASK_STATES = frozenset({"failed", "rejected", "orphaned"})
+ROLLING_BACK = frozenset({"rollback_started"})
 ROLLED_BACK = frozenset({"rollback_completed", "rollback_paused", "paused"})
+# After the engine came back, task failures for this long are the restart's doing.
+ENGINE_RESTART_GRACE = 30.0
+# Fewer tasks than wanted and none starting for this long: swarm gave up (max_attempts reached).
+STALLED_AFTER = 20.0
 DOCKER_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException)
 
 
@@ -55,10 +61,15 @@ DOCKER_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestExcep
 class ServiceReport:
     """What the daemon has seen of one service's tasks."""
 
-    failures: deque[float]
+    # Failure times per slot (replicated) or node (global): swarm's max_attempts is per slot too.
+    failures: dict[str, deque[float]] = field(default_factory=dict)
     failures_total: int = 0
     last_problem: str = ""
     last_problem_at: float | None = None
+    short_since: float | None = None  # since when fewer tasks run than wanted and none starts
+
+    def failures_within(self, seconds: float, now: float) -> int:
+        return sum(1 for times in self.failures.values() for t in times if t >= now - seconds)
 
 
 def swarm_inputs(settings: Settings) -> tuple[NginxFiles, StorageCredentials]:
@@ -103,8 +114,10 @@ class SwarmDaemon:
         self.started_wall = time.time()
         self.task_states: dict[str, str] = {}
         self.observed = False
-        self.reports = {name: ServiceReport(deque()) for name in SERVICE_ORDER}
-        self.updated: set[str] = set()  # services this run has rolled out a change to
+        self.reports = {name: ServiceReport() for name in SERVICE_ORDER}
+        self.sent: dict[str, str] = {}  # service -> config hash this run created or updated it with
+        self.node_id = ""
+        self.quiet_until = 0.0  # task failures caused by an engine restart are not counted
         self.desired: SwarmStack
         self.probe_token = ""
         self.swarm: Swarm
@@ -116,6 +129,7 @@ class SwarmDaemon:
         client = connect(self.settings.docker.host)
         self.swarm = Swarm(client, self.settings.name)
         self.swarm.require_manager()
+        self.node_id = self.swarm.node_id()
         self.remove_standalone(Engine(client, self.settings.name))
         if self.settings.listen.host not in ("0.0.0.0", "::"):
             log.warning(
@@ -159,6 +173,8 @@ class SwarmDaemon:
             self.report_error(str(exc))
         except DOCKER_ERRORS as exc:
             self.report_error(describe_error(exc))
+        except OSError as exc:  # state_dir unwritable, a file vanished: retried like the rest
+            self.report_error(f"{exc.filename or 'state_dir'}: {exc.strerror or exc}")
 
     def report_error(self, message: str) -> None:
         if message != self.last_error:
@@ -190,8 +206,12 @@ class SwarmDaemon:
             log.info("Docker engine reachable again, reconverging")
             self.engine_up = True
             self.next_resync = 0.0
+            # The restart stopped this node's tasks: swarm replaces them, they are no crash.
+            self.quiet_until = time.monotonic() + ENGINE_RESTART_GRACE
 
     def is_ours(self, event: dict[str, Any]) -> bool:
+        if str(event.get("Action") or "").startswith(("exec_", "health_status")):
+            return False  # the health checks' own execs, every interval
         attributes = (event.get("Actor") or {}).get("Attributes") or {}
         name = str(attributes.get("com.docker.swarm.service.name") or attributes.get("name") or "")
         return any(name == spec.name for spec in self.desired.services)
@@ -202,6 +222,9 @@ class SwarmDaemon:
             self.notifier.watchdog()
             self.next_watchdog = now + self.notifier.watchdog_interval / 2
         if not self.engine_up:
+            # Nothing to do until the watcher reports the engine back.
+            self.next_resync = max(self.next_resync, now + RESYNC_INTERVAL)
+            self.next_observe = max(self.next_observe, now + RESYNC_INTERVAL)
             return
         if now >= self.next_resync:
             self.converge(self.settings)
@@ -215,18 +238,39 @@ class SwarmDaemon:
         # goes with them is logged at start and reload only.
         prepared = stack.prepare_files(settings) if announce else statefiles.prepare(settings)
         nginx, credentials = swarm_inputs(settings)
+        if settings.registry.storage.credentials_secret:
+            self.swarm.secret_id(settings.registry.storage.credentials_secret)  # exists?
         desired = desired_swarm(settings, prepared.http_secret, nginx, credentials)
-        # Adopted before acting: after a failure the next pass retries these settings.
+        # Adopted before acting: after a Docker failure the next pass retries these settings.
         self.settings, self.desired, self.probe_token = settings, desired, prepared.probe_token
-        actions = swarm_reconcile.plan(desired, self.swarm.services())
+        services = self.swarm.services()
+        actions = [a for a in swarm_reconcile.plan(desired, services) if not self.held_back(a)]
+        if self.exit_code is not None:
+            return
         changed = swarm_reconcile.execute(self.swarm, desired, actions)
-        self.updated |= changed
-        self.swarm.prune_files({f.name for f in desired.files})
+        self.sent.update({s: desired.by_service(s).config_hash for s in changed})
+        self.swarm.prune_files({f.name for f in desired.files}.union(*(s.file_names for s in services)))
         if changed:
             self.ready = False
         self.last_error = ""
         self.next_resync = time.monotonic() + RESYNC_INTERVAL
         self.next_observe = 0.0
+
+    def held_back(self, action: swarm_reconcile.Action) -> bool:
+        """An update swarm is rolling back, or rolled back, is not sent again: sending the same
+        spec would loop update, rollback, update. The same spec rolled back means it cannot
+        converge; a different one (the config was fixed) is tried."""
+        current, spec = action.service, action.spec
+        if action.verb is not swarm_reconcile.Verb.UPDATE or current is None or spec is None:
+            return False
+        if current.update_state in ROLLING_BACK:
+            return True
+        if current.update_state in ROLLED_BACK and self.sent.get(spec.service) == spec.config_hash:
+            self.give_up(
+                spec.service, f"update rolled back: {current.update_message or current.update_state}"
+            )
+            return True
+        return False
 
     def reload(self) -> None:
         self.notifier.reloading()
@@ -243,9 +287,13 @@ class SwarmDaemon:
             self.converge(new, announce=True)
         except UserError as exc:
             log.error("config reload failed, keeping the running configuration", error=str(exc))
+        except DOCKER_ERRORS as exc:
+            # The new settings are adopted: the next pass retries them.
+            self.report_error(describe_error(exc))
         else:
             log.info("configuration reloaded", config=str(self.config_path))
-        self.notifier.ready(self.status_line())
+        finally:
+            self.notifier.ready(self.status_line())
 
     # --- observe -----------------------------------------------------------------------------
 
@@ -262,24 +310,53 @@ class SwarmDaemon:
         self.observed = True  # from now on an unseen task is a new one
         counts = replica_counts(list(services.values()), tasks, nodes)
         for service in services.values():
-            if service.service in self.updated and service.update_state in ROLLED_BACK:
-                self.give_up(service.service, f"update rolled back: {service.update_message}")
-                return
+            self.check_stalled(service, counts.get(service.service, {}))
         converged = all(c["running"] >= c["desired"] > 0 for c in counts.values()) and len(counts) == len(
             self.desired.services
         )
-        if converged and not self.ready and self.serving():
+        if converged and not self.ready and self.serving(tasks, services):
             self.ready = True
             log.info("registry serving through the proxy", listen=str(self.settings.listen), mode="swarm")
             self.notifier.ready(self.status_line(counts))
         self.publish_status(counts)
 
-    def serving(self) -> bool:
-        """The proxy on this node answers (a manager runs one of the global service's tasks)."""
+    def serving(self, tasks: list[Task], services: dict[str, Any]) -> bool:
+        """The proxy on this node answers; a manager without one (drained) takes swarm's word."""
+        here = [
+            t
+            for t in tasks
+            if t.node_id == self.node_id
+            and t.state == "running"
+            and getattr(services.get(t.service_id), "service", "") == SERVICE_NGINX
+        ]
+        if not here:
+            return True
         result = probes.probe_proxy(
             "127.0.0.1", self.settings.listen.port, self.settings.health.timeout, self.probe_token
         )
         return result.ok
+
+    def check_stalled(self, service: Any, count: dict[str, Any]) -> None:
+        """Swarm stops restarting a slot after max_attempts: nothing fails any more, nothing
+        starts either. Only for the replicated registry: a global service's missing task may
+        just be a node that is down."""
+        report = self.reports.setdefault(service.service, ServiceReport())
+        short = count.get("running", 0) < count.get("desired", 0) and not count.get("starting")
+        if (
+            not short
+            or time.monotonic() < self.quiet_until
+            or (service.spec.get("Mode") or {}).get("Global") is not None
+            or service.update_state
+        ):
+            report.short_since = None
+            return
+        now = time.monotonic()
+        report.short_since = report.short_since or now
+        if now - report.short_since >= STALLED_AFTER + self.settings.respawn.delay:
+            self.give_up(
+                service.service,
+                f"swarm stopped restarting its tasks: {count['running']}/{count['desired']} running",
+            )
 
     def on_task(self, service: str, task: Task, node: str) -> None:
         before = self.task_states.get(task.id)
@@ -294,25 +371,26 @@ class SwarmDaemon:
             log.warning(
                 "task died", service=service, slot=task.slot, node=node, task=task.id[:12], reason=reason
             )
-            self.count_failure(service, reason)
+            self.count_failure(service, str(task.slot) if task.slot else task.node_id, reason)
 
-    def count_failure(self, service: str, reason: str) -> None:
-        report = self.reports[service]
+    def count_failure(self, service: str, slot: str, reason: str) -> None:
+        report = self.reports.setdefault(service, ServiceReport())
         now = time.monotonic()
-        report.failures.append(now)
         report.failures_total += 1
         report.last_problem, report.last_problem_at = reason, time.time()
+        if now < self.quiet_until:
+            return
+        times = report.failures.setdefault(slot, deque())
+        times.append(now)
         respawn = self.settings.respawn
-        while report.failures and report.failures[0] < now - respawn.interval:
-            report.failures.popleft()
-        if respawn.limit and len(report.failures) > respawn.limit:
-            self.give_up(
-                service, f"respawning too fast: {len(report.failures)} failures in {respawn.interval:g}s"
-            )
+        while times and times[0] < now - respawn.interval:
+            times.popleft()
+        if respawn.limit and respawn.interval and len(times) > respawn.limit:
+            self.give_up(service, f"respawning too fast: {len(times)} failures in {respawn.interval:g}s")
 
     def give_up(self, service: str, problem: str) -> None:
         log.error(f"{service} cannot converge, stopped", service=service, problem=problem)
-        self.reports[service].last_problem = problem
+        self.reports.setdefault(service, ServiceReport()).last_problem = problem
         self.exit_code = EXIT_RESPAWN_LIMIT
 
     # --- reporting ---------------------------------------------------------------------------
@@ -334,7 +412,7 @@ class SwarmDaemon:
             "services": {
                 name: {
                     **counts.get(name, {}),
-                    "failures_in_window": sum(1 for t in r.failures if t >= now - interval),
+                    "failures_in_window": r.failures_within(interval, now),
                     "failures_total": r.failures_total,
                     "last_problem": r.last_problem,
                     "last_problem_at": r.last_problem_at,

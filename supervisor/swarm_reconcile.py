@@ -43,8 +43,14 @@ def drift(spec: ServiceSpec, actual: dict[str, Any]) -> list[str]:
     if labels.get(LABEL_CONFIG_HASH) != spec.config_hash:
         found.append("config")
     container = (actual.get("TaskTemplate") or {}).get("ContainerSpec") or {}
-    if str(container.get("Image", "")).split("@")[0] != spec.image:
+    # The engine may pin the tag it resolved to a digest: compare the names.
+    if str(container.get("Image", "")).split("@")[0] != spec.image.split("@")[0]:
         found.append("image")
+    if sorted(container.get("Env") or []) != sorted(f"{k}={v}" for k, v in spec.environment):
+        found.append("env")
+    health = container.get("Healthcheck") or {}
+    if tuple(health.get("Test") or ()) != spec.health.command:
+        found.append("healthcheck")
     mode = actual.get("Mode") or {}
     if spec.replicas is None:
         if "Global" not in mode:

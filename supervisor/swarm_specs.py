@@ -212,7 +212,9 @@ def desired_swarm(
     project = settings.name
     network = network_name(project)
     respawn = settings.respawn
-    restart = RestartPolicy(respawn.delay, respawn.limit, respawn.interval)
+    # Upstart's limit 0 or interval 0 means no limit; swarm's max_attempts 0 does.
+    unlimited = respawn.limit == 0 or respawn.interval == 0
+    restart = RestartPolicy(respawn.delay, 0 if unlimited else respawn.limit, respawn.interval)
     registry_files = (
         SwarmFile(
             project,

@@ -37,6 +37,8 @@ def actual_spec(spec, **changes):
         "TaskTemplate": {
             "ContainerSpec": {
                 "Image": spec.image + "@sha256:" + "0" * 64,
+                "Env": [f"{k}={v}" for k, v in spec.environment],
+                "Healthcheck": {"Test": list(spec.health.command)},
                 "Configs": [{"ConfigName": f.name} for f in spec.files if not f.secret],
                 "Secrets": [{"SecretName": f.name} for f in spec.files if f.secret],
             }
@@ -88,6 +90,12 @@ def test_the_registry_config_is_a_secret_with_the_shared_http_secret_and_no_redi
     assert "very-secret" not in visible and "http-secret" not in visible
 
 
+@pytest.mark.parametrize(("limit", "interval", "attempts"), [(10, 5, 10), (0, 5, 0), (10, 0, 0)])
+def test_upstarts_unlimited_respawn_is_no_max_attempts(tmp_path, limit, interval, attempts):
+    stack = swarm_stack(tmp_path, S3 + f"[respawn]\nlimit = {limit}\ninterval = {interval}\n")
+    assert stack.by_service("registry").restart.max_attempts == attempts
+
+
 def test_an_existing_swarm_secret_can_hold_the_credentials(tmp_path):
     text = S3 + 'credentials_secret = "aws-creds"\n'
     registry = swarm_stack(tmp_path, text, keys=StorageCredentials()).by_service("registry")
@@ -128,6 +136,11 @@ def test_drift_names_what_was_edited_by_hand(tmp_path):
     edited = actual_spec(registry)
     edited["TaskTemplate"]["ContainerSpec"]["Image"] = "registry:2.7"
     assert drift(registry, edited) == ["image"]
+    edited = actual_spec(registry)
+    edited["TaskTemplate"]["ContainerSpec"]["Env"] = ["REGISTRY_STORAGE_DELETE_ENABLED=true"]
+    assert drift(registry, edited) == ["env"]
+    pinned = replace(registry, image="registry:2@sha256:" + "1" * 64)
+    assert drift(pinned, actual_spec(registry, Labels=pinned.labels)) == []  # no update loop
     relabelled = actual_spec(registry, Labels={**registry.labels, LABEL_CONFIG_HASH: "old"})
     assert drift(registry, relabelled) == ["config"]
     assert drift(
