@@ -107,6 +107,11 @@ server {{
         proxy_set_header X-Forwarded-Proto $scheme;
         proxy_read_timeout 900;
         proxy_send_timeout 900;
+        # The registry is on the same network: a connect that takes seconds is to a task that is
+        # gone (swarm mode, an address still in the DNS cache); try the next one instead of
+        # waiting the default minute. Idempotent requests only, as nginx does by default.
+        proxy_connect_timeout 2s;
+        proxy_next_upstream error timeout http_502 http_503;
 
         # Stream uploads straight to the registry instead of spooling them to disk first.
         proxy_request_buffering off;

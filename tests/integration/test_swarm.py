@@ -437,6 +437,44 @@ def test_a_service_that_cannot_converge_stops_the_daemon(swarm, tmp_path, client
         client.images.remove(image, force=True)
 
 
+def test_an_update_swarm_rolls_back_stops_the_daemon(swarm_stack, client):
+    """A new registry image that cannot start: swarm rolls the update back, the old tasks keep
+    serving, and the daemon exits 3 instead of sending the same update again."""
+    stack = swarm_stack
+    image = f"regsupervisor-test/exits:{secrets.token_hex(3)}"
+    helper = client.containers.create(REGISTRY_IMAGE, command=["/etc/docker/registry/missing.yml"])
+    try:
+        helper.commit(repository=image.split(":")[0], tag=image.split(":")[1])
+    finally:
+        helper.remove()
+    try:
+        # a high respawn limit: the rollback, not the crash rate, is what must stop it
+        stack.config_path.write_text(
+            stack.config_path.read_text().replace(f'image = "{REGISTRY_IMAGE}"', f'image = "{image}"')
+            + "[respawn]\nlimit = 100\ninterval = 5\n"
+        )
+        stack.process.send_signal(signal.SIGHUP)
+        code = stack.process.wait(180)
+        stack.process = None
+        assert code == 3, stack.log()[-3000:]
+        gave_up = stack.events("registry cannot converge, stopped")
+        assert len(gave_up) == 1 and "update rolled back by swarm" in gave_up[0]["problem"], gave_up
+        # sent once, not again after the rollback
+        assert sum(e["service"] == "registry" for e in stack.events("service updated")) == 1
+        # the rolled-back service still runs the old image and serves
+        assert (
+            stack.service("registry")
+            .attrs["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"]
+            .startswith(REGISTRY_IMAGE)
+        )
+        stack.wait_for("old tasks serving", lambda: len(stack.running_tasks("registry")) == 2)
+        assert stack.serving(AUTH)
+    finally:
+        with contextlib.suppress(docker.errors.APIError):
+            stack.cleanup()
+            client.images.remove(image, force=True)
+
+
 def test_credentials_from_an_existing_swarm_secret(swarm, tmp_path, client):
     """Without credentials the registry's S3 client cannot sign a request: a push proves it read them."""
     name = f"rs{secrets.token_hex(4)}"
