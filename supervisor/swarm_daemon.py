@@ -266,8 +266,11 @@ class SwarmDaemon:
         if current.update_state in ROLLING_BACK:
             return True
         if current.update_state in ROLLED_BACK and self.sent.get(spec.service) == spec.config_hash:
+            last = self.reports.setdefault(spec.service, ServiceReport()).last_problem
             self.give_up(
-                spec.service, f"update rolled back: {current.update_message or current.update_state}"
+                spec.service,
+                f"update rolled back by swarm ({current.update_message or current.update_state})"
+                + (f"; last task problem: {last}" if last else ""),
             )
             return True
         return False
