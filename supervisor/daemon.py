@@ -41,7 +41,7 @@ from supervisor.errors import UserError
 from supervisor.fsutil import atomic_write
 from supervisor.notify import Notifier
 from supervisor.service import Decision, ServiceState, State
-from supervisor.settings import HealthSettings, Settings, load_settings
+from supervisor.settings import HealthSettings, Settings, load_settings, reload_settings
 from supervisor.swarm import Swarm
 from supervisor.swarm_specs import network_name
 
@@ -560,14 +560,7 @@ class Daemon:
         self.notifier.reloading()
         log.info("reloading configuration", config=str(self.config_path))
         try:
-            new = load_settings(self.config_path)
-            if (new.name, new.docker.host, new.state_dir, new.mode) != (
-                self.settings.name,
-                self.settings.docker.host,
-                self.settings.state_dir,
-                self.settings.mode,
-            ):
-                raise UserError("name, mode, docker.host and state_dir cannot change on reload: restart")
+            new = reload_settings(self.config_path, self.settings)
             prepared = stack.prepare_files(new)
         except UserError as exc:
             log.error("config reload failed, keeping the running configuration", error=str(exc))

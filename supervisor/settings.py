@@ -334,6 +334,18 @@ def load_settings(path: Path) -> Settings:
     return settings
 
 
+def reload_settings(path: Path, current: Settings) -> Settings:
+    """The settings a SIGHUP switches to; what names the running stack needs a restart."""
+    new = load_settings(path)
+    fixed = ("name", "mode", "state_dir")
+    if (
+        any(getattr(new, key) != getattr(current, key) for key in fixed)
+        or new.docker.host != current.docker.host
+    ):
+        raise ConfigError("name, mode, docker.host and state_dir cannot change on reload: restart")
+    return new
+
+
 _SECRET_WORDS = ("secret", "password", "access_key", "token")
 
 

@@ -28,6 +28,21 @@ from supervisor.paths import layout
 from supervisor.settings import HostPort, Settings
 
 
+def content_hash(fields: object) -> str:
+    """A short digest of everything that needs a new container (or service update) when it changes."""
+    payload = json.dumps(fields, sort_keys=True, default=str).encode()
+    return hashlib.sha256(payload).hexdigest()[:16]
+
+
+def stack_labels(project: str, service: str, config_hash: str) -> dict[str, str]:
+    return {
+        LABEL_PROJECT: project,
+        LABEL_SERVICE: service,
+        LABEL_CONFIG_HASH: config_hash,
+        LABEL_VERSION: __version__,
+    }
+
+
 @dataclass(frozen=True)
 class Mount:
     source: str
@@ -62,17 +77,11 @@ class ContainerSpec:
 
     @property
     def config_hash(self) -> str:
-        payload = json.dumps(asdict(self), sort_keys=True, default=str).encode()
-        return hashlib.sha256(payload).hexdigest()[:16]
+        return content_hash(asdict(self))
 
     @property
     def labels(self) -> dict[str, str]:
-        return {
-            LABEL_PROJECT: self.project,
-            LABEL_SERVICE: self.service,
-            LABEL_CONFIG_HASH: self.config_hash,
-            LABEL_VERSION: __version__,
-        }
+        return stack_labels(self.project, self.service, self.config_hash)
 
     @property
     def port_bindings(self) -> dict[str, tuple[str, int]]:

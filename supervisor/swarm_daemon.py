@@ -39,7 +39,7 @@ from supervisor.engine import Engine, connect, describe_error
 from supervisor.errors import UserError
 from supervisor.fsutil import atomic_write
 from supervisor.notify import Notifier
-from supervisor.settings import Settings, load_settings
+from supervisor.settings import Settings, reload_settings
 from supervisor.swarm import Swarm, Task, replica_counts
 from supervisor.swarm_specs import NginxFiles, StorageCredentials, SwarmStack, desired_swarm
 
@@ -279,14 +279,7 @@ class SwarmDaemon:
         self.notifier.reloading()
         log.info("reloading configuration", config=str(self.config_path))
         try:
-            new = load_settings(self.config_path)
-            if (new.name, new.docker.host, new.state_dir, new.mode) != (
-                self.settings.name,
-                self.settings.docker.host,
-                self.settings.state_dir,
-                self.settings.mode,
-            ):
-                raise UserError("name, mode, docker.host and state_dir cannot change on reload: restart")
+            new = reload_settings(self.config_path, self.settings)
             self.converge(new, announce=True)
         except UserError as exc:
             log.error("config reload failed, keeping the running configuration", error=str(exc))

@@ -13,13 +13,10 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
-from supervisor import __version__
 from supervisor.const import (
     HTPASSWD_FILE,
-    LABEL_CONFIG_HASH,
     LABEL_PROJECT,
     LABEL_SERVICE,
-    LABEL_VERSION,
     NGINX_ALIVE_PATH,
     NGINX_CERT_FILE,
     NGINX_CONF_DIR_IN_CONTAINER,
@@ -34,6 +31,7 @@ from supervisor.const import (
     SERVICE_REGISTRY,
 )
 from supervisor.settings import Settings
+from supervisor.specs import content_hash, stack_labels
 
 REGISTRY_CONFIG_IN_CONTAINER = "/etc/docker/registry/config.yml"
 AWS_CREDENTIALS_IN_CONTAINER = "/run/secrets/aws-credentials"
@@ -112,17 +110,11 @@ class ServiceSpec:
         fields = asdict(self)
         # The files' content enters through their names (digests), never the hash input itself.
         fields["files"] = [(f.name, f.target, f.mode, f.gid) for f in self.files]
-        payload = json.dumps(fields, sort_keys=True, default=str).encode()
-        return hashlib.sha256(payload).hexdigest()[:16]
+        return content_hash(fields)
 
     @property
     def labels(self) -> dict[str, str]:
-        return {
-            LABEL_PROJECT: self.project,
-            LABEL_SERVICE: self.service,
-            LABEL_CONFIG_HASH: self.config_hash,
-            LABEL_VERSION: __version__,
-        }
+        return stack_labels(self.project, self.service, self.config_hash)
 
 
 @dataclass(frozen=True)

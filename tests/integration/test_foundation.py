@@ -47,6 +47,20 @@ def make_test_image(client, tag: str) -> str:
     return payload
 
 
+def post_client_steps(client, registry: str, auth: tuple[str, str], config_dir: Path, local: str) -> None:
+    """The post's client side: login, tag, push, remove, pull, and run what came back."""
+    docker_cli("login", registry, "-u", auth[0], "--password-stdin", stdin=auth[1], config_dir=config_dir)
+    image = f"{registry}/my-ubuntu:latest"
+    payload = make_test_image(client, local)
+    docker_cli("tag", local, image, config_dir=config_dir)
+    docker_cli("push", image, config_dir=config_dir)
+    docker_cli("rmi", local, image, config_dir=config_dir)
+    docker_cli("pull", image, config_dir=config_dir)
+    run = docker_cli("run", "--rm", image, config_dir=config_dir)
+    assert run.stdout.strip() == payload
+    docker_cli("rmi", image, config_dir=config_dir)
+
+
 def test_post_walkthrough_with_docker_cli(stack, client, tmp_path):
     stack.add_user("iulian", PASSWORD)
     stack.start_daemon()
@@ -68,17 +82,9 @@ def test_post_walkthrough_with_docker_cli(stack, client, tmp_path):
     assert stack.get(headers={"User-Agent": "docker/1.5.0 go/go1.4"}).status_code == 404
     assert stack.get("/").status_code == 404
 
-    docker_cli("login", registry, "-u", "iulian", "--password-stdin", stdin=PASSWORD, config_dir=config_dir)
-    image = f"{registry}/my-ubuntu:latest"
-    local = f"regsupervisor-test/my-ubuntu:{stack.name}"
-    payload = make_test_image(client, local)
-    docker_cli("tag", local, image, config_dir=config_dir)
-    docker_cli("push", image, config_dir=config_dir)
-    docker_cli("rmi", local, image, config_dir=config_dir)
-    docker_cli("pull", image, config_dir=config_dir)
-    run = docker_cli("run", "--rm", image, config_dir=config_dir)
-    assert run.stdout.strip() == payload
-    docker_cli("rmi", image, config_dir=config_dir)
+    post_client_steps(
+        client, registry, ("iulian", PASSWORD), config_dir, f"regsupervisor-test/my-ubuntu:{stack.name}"
+    )
 
     # the catalog shows it through the proxy; the data is in data_dir on the host
     catalog = stack.get("/v2/_catalog", auth=("iulian", PASSWORD)).json()

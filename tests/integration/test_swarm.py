@@ -27,7 +27,7 @@ from supervisor.swarm import Swarm
 from tests.engine import NGINX_IMAGE, REGISTRY_IMAGE
 from tests.integration import registry_client
 from tests.integration.conftest import REPO, Stack, free_port
-from tests.integration.test_foundation import docker_cli, make_test_image
+from tests.integration.test_foundation import post_client_steps
 
 AUTH = ("ops", "swarm-pass-1")
 S3_KEYS = ("AKIDREGSUPERVISORTEST", "s3-secret-never-logged-7f3a")
@@ -203,16 +203,7 @@ def test_post_walkthrough_through_the_swarm_stack(swarm_stack, client, tmp_path)
     stack = swarm_stack
     registry = f"127.0.0.1:{stack.listen_port}"
     config_dir = tmp_path / "docker-config"
-    docker_cli("login", registry, "-u", AUTH[0], "--password-stdin", stdin=AUTH[1], config_dir=config_dir)
-    image = f"{registry}/my-ubuntu:latest"
-    local = f"regsupervisor-test/my-ubuntu:{stack.name}"
-    payload = make_test_image(client, local)
-    docker_cli("tag", local, image, config_dir=config_dir)
-    docker_cli("push", image, config_dir=config_dir)
-    docker_cli("rmi", local, image, config_dir=config_dir)
-    docker_cli("pull", image, config_dir=config_dir)
-    assert docker_cli("run", "--rm", image, config_dir=config_dir).stdout.strip() == payload
-    docker_cli("rmi", image, config_dir=config_dir)
+    post_client_steps(client, registry, AUTH, config_dir, f"regsupervisor-test/my-ubuntu:{stack.name}")
 
     assert stack.get("/v2/_catalog", auth=AUTH).json()["repositories"] == ["my-ubuntu"]
     assert stack.bucket_keys("docker/registry/v2/repositories/my-ubuntu/")
@@ -412,13 +403,22 @@ def test_drift_is_restored(swarm_stack):
     assert sum(e["service"] == "nginx" for e in stack.events("service created")) == 2
 
 
-def test_a_service_that_cannot_converge_stops_the_daemon(swarm, tmp_path, client):
+@pytest.fixture
+def exiting_image(client):
+    """The registry image with a config path that does not exist: it exits 1 at once."""
     image = f"regsupervisor-test/exits:{secrets.token_hex(3)}"
     helper = client.containers.create(REGISTRY_IMAGE, command=["/etc/docker/registry/missing.yml"])
     try:
         helper.commit(repository=image.split(":")[0], tag=image.split(":")[1])
     finally:
         helper.remove()
+    yield image
+    with contextlib.suppress(docker.errors.APIError):
+        client.images.remove(image, force=True)
+
+
+def test_a_service_that_cannot_converge_stops_the_daemon(swarm, tmp_path, exiting_image):
+    image = exiting_image
     stack = SwarmStack(swarm, tmp_path / "crash", f"rs{secrets.token_hex(4)}", free_port())
     try:
         stack.write_config("[respawn]\nlimit = 3\ninterval = 60\n")
@@ -434,45 +434,33 @@ def test_a_service_that_cannot_converge_stops_the_daemon(swarm, tmp_path, client
         assert len(stack.events("task died")) >= 4
     finally:
         stack.cleanup()
-        client.images.remove(image, force=True)
 
 
-def test_an_update_swarm_rolls_back_stops_the_daemon(swarm_stack, client):
+def test_an_update_swarm_rolls_back_stops_the_daemon(swarm_stack, exiting_image):
     """A new registry image that cannot start: swarm rolls the update back, the old tasks keep
     serving, and the daemon exits 3 instead of sending the same update again."""
-    stack = swarm_stack
-    image = f"regsupervisor-test/exits:{secrets.token_hex(3)}"
-    helper = client.containers.create(REGISTRY_IMAGE, command=["/etc/docker/registry/missing.yml"])
-    try:
-        helper.commit(repository=image.split(":")[0], tag=image.split(":")[1])
-    finally:
-        helper.remove()
-    try:
-        # a high respawn limit: the rollback, not the crash rate, is what must stop it
-        stack.config_path.write_text(
-            stack.config_path.read_text().replace(f'image = "{REGISTRY_IMAGE}"', f'image = "{image}"')
-            + "[respawn]\nlimit = 100\ninterval = 5\n"
-        )
-        stack.process.send_signal(signal.SIGHUP)
-        code = stack.process.wait(180)
-        stack.process = None
-        assert code == 3, stack.log()[-3000:]
-        gave_up = stack.events("registry cannot converge, stopped")
-        assert len(gave_up) == 1 and "update rolled back by swarm" in gave_up[0]["problem"], gave_up
-        # sent once, not again after the rollback
-        assert sum(e["service"] == "registry" for e in stack.events("service updated")) == 1
-        # the rolled-back service still runs the old image and serves
-        assert (
-            stack.service("registry")
-            .attrs["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"]
-            .startswith(REGISTRY_IMAGE)
-        )
-        stack.wait_for("old tasks serving", lambda: len(stack.running_tasks("registry")) == 2)
-        assert stack.serving(AUTH)
-    finally:
-        with contextlib.suppress(docker.errors.APIError):
-            stack.cleanup()
-            client.images.remove(image, force=True)
+    stack, image = swarm_stack, exiting_image
+    # a high respawn limit: the rollback, not the crash rate, is what must stop it
+    stack.config_path.write_text(
+        stack.config_path.read_text().replace(f'image = "{REGISTRY_IMAGE}"', f'image = "{image}"')
+        + "[respawn]\nlimit = 100\ninterval = 5\n"
+    )
+    stack.process.send_signal(signal.SIGHUP)
+    code = stack.process.wait(180)
+    stack.process = None
+    assert code == 3, stack.log()[-3000:]
+    gave_up = stack.events("registry cannot converge, stopped")
+    assert len(gave_up) == 1 and "update rolled back by swarm" in gave_up[0]["problem"], gave_up
+    # sent once, not again after the rollback
+    assert sum(e["service"] == "registry" for e in stack.events("service updated")) == 1
+    # the rolled-back service still runs the old image and serves
+    assert (
+        stack.service("registry")
+        .attrs["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"]
+        .startswith(REGISTRY_IMAGE)
+    )
+    stack.wait_for("old tasks serving", lambda: len(stack.running_tasks("registry")) == 2)
+    assert stack.serving(AUTH)
 
 
 def test_credentials_from_an_existing_swarm_secret(swarm, tmp_path, client):
