@@ -37,7 +37,7 @@ from supervisor.const import (
     SERVICE_REGISTRY,
 )
 from supervisor.engine import Container, Engine, connect, describe_error
-from supervisor.errors import UserError
+from supervisor.errors import UserError, describe_os_error
 from supervisor.fsutil import atomic_write
 from supervisor.notify import Notifier
 from supervisor.service import Decision, ServiceState, State
@@ -259,6 +259,8 @@ class Daemon:
             self.report_error(str(exc))
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             self.report_error(describe_error(exc))
+        except OSError as exc:  # state_dir unwritable, a file vanished: retried like the rest
+            self.report_error(describe_os_error(exc))
 
     def seconds_to_next_deadline(self) -> float:
         now, clock = time.monotonic(), self.clock()
@@ -570,7 +572,11 @@ class Daemon:
         self.settings = new
         for state in self.services.values():
             state.reconfigure(new.respawn, new.health)
-        self.converge(prepared)
+        self.ready_pending = True
+        try:
+            self.converge(prepared)  # a Docker error here is retried by the loop's resync
+        finally:
+            self.notifier.ready(self.status_line())
         self.schedule_renewal()
         log.info(
             "configuration reloaded",
@@ -584,8 +590,6 @@ class Daemon:
             )
             or "nothing",
         )
-        self.ready_pending = True
-        self.notifier.ready(self.status_line())
 
     def shutdown(self, force: bool = False) -> None:
         self.notifier.stopping()

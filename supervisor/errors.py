@@ -11,3 +11,8 @@ class UserError(Exception):
 
 class ConfigError(UserError):
     exit_code = EXIT_CONFIG
+
+
+def describe_os_error(exc: OSError) -> str:
+    """A file-system failure in one line, naming the file."""
+    return f"{exc.filename or 'state_dir'}: {exc.strerror or exc}"

@@ -36,7 +36,7 @@ from supervisor.const import (
 )
 from supervisor.daemon import EngineBack, EngineEvent, EngineLost, EventWatcher, Signalled
 from supervisor.engine import Engine, connect, describe_error
-from supervisor.errors import UserError
+from supervisor.errors import UserError, describe_os_error
 from supervisor.fsutil import atomic_write
 from supervisor.notify import Notifier
 from supervisor.settings import Settings, reload_settings
@@ -49,6 +49,7 @@ RESYNC_INTERVAL = 10.0
 RETRY_AFTER_ERROR = 2.0
 FAILED_TASK_STATES = frozenset({"failed", "rejected", "orphaned"})
 ROLLING_BACK = frozenset({"rollback_started"})
+UPDATING = frozenset({"updating", "paused", "rollback_started", "rollback_paused"})
 ROLLED_BACK = frozenset({"rollback_completed", "rollback_paused", "paused"})
 # After the engine came back, task failures for this long are the restart's doing.
 ENGINE_RESTART_GRACE = 30.0
@@ -118,7 +119,7 @@ class SwarmDaemon:
         self.sent: dict[str, str] = {}  # service -> config hash this run created or updated it with
         self.node_id = ""
         self.quiet_until = 0.0  # task failures caused by an engine restart are not counted
-        self.desired: SwarmStack
+        self.desired = SwarmStack(settings.name, "", ())  # until the first converge
         self.probe_token = ""
         self.swarm: Swarm
         self.watcher: EventWatcher
@@ -144,6 +145,8 @@ class SwarmDaemon:
             self.converge(self.settings, announce=True)
         except DOCKER_ERRORS as exc:
             self.report_error(describe_error(exc))
+        except OSError as exc:
+            self.report_error(describe_os_error(exc))
         try:
             while self.exit_code is None:
                 self.step()
@@ -174,7 +177,7 @@ class SwarmDaemon:
         except DOCKER_ERRORS as exc:
             self.report_error(describe_error(exc))
         except OSError as exc:  # state_dir unwritable, a file vanished: retried like the rest
-            self.report_error(f"{exc.filename or 'state_dir'}: {exc.strerror or exc}")
+            self.report_error(describe_os_error(exc))
 
     def report_error(self, message: str) -> None:
         if message != self.last_error:
@@ -280,6 +283,7 @@ class SwarmDaemon:
         log.info("reloading configuration", config=str(self.config_path))
         try:
             new = reload_settings(self.config_path, self.settings)
+            self.sent.clear()  # a reload is a new attempt, also at a spec swarm rolled back before
             self.converge(new, announce=True)
         except UserError as exc:
             log.error("config reload failed, keeping the running configuration", error=str(exc))
@@ -307,8 +311,10 @@ class SwarmDaemon:
         counts = replica_counts(list(services.values()), tasks, nodes)
         for service in services.values():
             self.check_stalled(service, counts.get(service.service, {}))
-        converged = all(c["running"] >= c["desired"] > 0 for c in counts.values()) and len(counts) == len(
-            self.desired.services
+        converged = (
+            bool(self.desired.services)
+            and len(counts) == len(self.desired.services)
+            and all(c["running"] >= c["desired"] > 0 for c in counts.values())
         )
         if converged and not self.ready and self.serving(tasks, services):
             self.ready = True
@@ -342,7 +348,7 @@ class SwarmDaemon:
             not short
             or time.monotonic() < self.quiet_until
             or (service.spec.get("Mode") or {}).get("Global") is not None
-            or service.update_state
+            or service.update_state in UPDATING  # ("completed" stays on the service for good)
         ):
             report.short_since = None
             return
