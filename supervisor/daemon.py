@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import docker.errors
-import requests.exceptions
 import structlog
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential
 
@@ -36,8 +35,8 @@ from supervisor.const import (
     SERVICE_ORDER,
     SERVICE_REGISTRY,
 )
-from supervisor.engine import Container, Engine, connect, describe_error
-from supervisor.errors import UserError, describe_os_error
+from supervisor.engine import RETRIED_ERRORS, Container, Engine, connect, describe_failure
+from supervisor.errors import UserError
 from supervisor.fsutil import atomic_write
 from supervisor.notify import Notifier
 from supervisor.service import Decision, ServiceState, State
@@ -255,12 +254,8 @@ class Daemon:
             if item is not None:
                 self.handle(item)
             self.on_timers()
-        except UserError as exc:
-            self.report_error(str(exc))
-        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-            self.report_error(describe_error(exc))
-        except OSError as exc:  # state_dir unwritable, a file vanished: retried like the rest
-            self.report_error(describe_os_error(exc))
+        except RETRIED_ERRORS as exc:
+            self.report_error(describe_failure(exc))
 
     def seconds_to_next_deadline(self) -> float:
         now, clock = time.monotonic(), self.clock()

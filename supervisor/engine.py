@@ -25,7 +25,7 @@ from tenacity import (
 )
 
 from supervisor.const import LABEL_CONFIG_HASH, LABEL_PROJECT, LABEL_SERVICE
-from supervisor.errors import UserError
+from supervisor.errors import UserError, describe_os_error
 from supervisor.specs import ContainerSpec
 
 log = structlog.get_logger()
@@ -91,6 +91,23 @@ def retrying(max_seconds: float = 30.0) -> Callable[[Callable[..., T]], Callable
 def describe_error(exc: BaseException) -> str:
     """A Docker failure in one line, for the journal."""
     return f"docker: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+
+
+DOCKER_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException)
+# What a supervision loop reports and retries instead of dying of: the engine's failures, the
+# user's (fixed by editing the config and reloading) and the file system's.
+RETRIED_ERRORS = (UserError, *DOCKER_ERRORS, OSError)
+
+
+def describe_failure(exc: BaseException) -> str:
+    """One of RETRIED_ERRORS in one line."""
+    if isinstance(exc, UserError):
+        return str(exc)
+    if isinstance(exc, DOCKER_ERRORS):  # before OSError: a RequestException is one
+        return describe_error(exc)
+    if isinstance(exc, OSError):
+        return describe_os_error(exc)
+    return repr(exc)
 
 
 def describe_host(host: str) -> str:
@@ -196,8 +213,8 @@ class Container:
         )
 
 
-class Engine:
-    """Docker operations for one project, each retried on transient errors."""
+class ProjectClient:
+    """A Docker client scoped to one project's labelled objects."""
 
     def __init__(self, client: docker.DockerClient, project: str) -> None:
         self.client = client
@@ -207,6 +224,10 @@ class Engine:
     @property
     def label_filter(self) -> str:
         return f"{LABEL_PROJECT}={self.project}"
+
+
+class Engine(ProjectClient):
+    """Docker operations for one project, each retried on transient errors."""
 
     @retrying()
     def containers(self) -> list[Container]:

@@ -17,7 +17,7 @@ import docker.types
 import structlog
 
 from supervisor.const import LABEL_CONFIG_HASH, LABEL_PROJECT, LABEL_SERVICE, LABEL_SWARM_PROJECT
-from supervisor.engine import retrying
+from supervisor.engine import ProjectClient, retrying
 from supervisor.errors import UserError
 from supervisor.swarm_specs import ServiceSpec, SwarmFile
 
@@ -135,17 +135,8 @@ class Task:
         return str(self.attrs["Spec"]["ContainerSpec"]["Image"]).split("@")[0]
 
 
-class Swarm:
+class Swarm(ProjectClient):
     """Swarm operations for one project, each retried on transient errors."""
-
-    def __init__(self, client: docker.DockerClient, project: str) -> None:
-        self.client = client
-        self.api = client.api
-        self.project = project
-
-    @property
-    def label_filter(self) -> str:
-        return f"{LABEL_PROJECT}={self.project}"
 
     @retrying()
     def manager_state(self) -> str:

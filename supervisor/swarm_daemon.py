@@ -19,8 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import docker.errors
-import requests.exceptions
 import structlog
 
 from supervisor import paths, probes, stack, statefiles, swarm_reconcile
@@ -35,8 +33,8 @@ from supervisor.const import (
     SERVICE_ORDER,
 )
 from supervisor.daemon import EngineBack, EngineEvent, EngineLost, EventWatcher, Signalled
-from supervisor.engine import Engine, connect, describe_error
-from supervisor.errors import UserError, describe_os_error
+from supervisor.engine import DOCKER_ERRORS, RETRIED_ERRORS, Engine, connect, describe_error, describe_failure
+from supervisor.errors import UserError
 from supervisor.fsutil import atomic_write
 from supervisor.notify import Notifier
 from supervisor.settings import Settings, reload_settings
@@ -55,7 +53,6 @@ ROLLED_BACK = frozenset({"rollback_completed", "rollback_paused", "paused"})
 ENGINE_RESTART_GRACE = 30.0
 # Fewer tasks than wanted and none starting for this long: swarm gave up (max_attempts reached).
 STALLED_AFTER = 20.0
-DOCKER_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException)
 
 
 @dataclass
@@ -143,10 +140,8 @@ class SwarmDaemon:
         self.watcher.subscribed.wait(10)
         try:
             self.converge(self.settings, announce=True)
-        except DOCKER_ERRORS as exc:
-            self.report_error(describe_error(exc))
-        except OSError as exc:
-            self.report_error(describe_os_error(exc))
+        except (*DOCKER_ERRORS, OSError) as exc:  # retried by the loop; a UserError ends the start
+            self.report_error(describe_failure(exc))
         try:
             while self.exit_code is None:
                 self.step()
@@ -172,12 +167,8 @@ class SwarmDaemon:
             if item is not None:
                 self.handle(item)
             self.on_timers()
-        except UserError as exc:
-            self.report_error(str(exc))
-        except DOCKER_ERRORS as exc:
-            self.report_error(describe_error(exc))
-        except OSError as exc:  # state_dir unwritable, a file vanished: retried like the rest
-            self.report_error(describe_os_error(exc))
+        except RETRIED_ERRORS as exc:
+            self.report_error(describe_failure(exc))
 
     def report_error(self, message: str) -> None:
         if message != self.last_error:
