@@ -34,6 +34,24 @@ from pytest_docker.plugin import DockerComposeExecutor, Services, get_docker_ser
 from bench.client import Endpoint, get_status
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def regsupervisor_argv(*args: str, config: Path) -> list[str]:
+    """The command line of `regsupervisor ARGS --config CONFIG`, from this checkout."""
+    return [sys.executable, "-m", "supervisor", *args, "--config", str(config)]
+
+
+def start_daemon_process(config: Path, log_path: Path) -> subprocess.Popen[bytes]:
+    """`regsupervisor run` in the background, its JSON log appended to log_path."""
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            regsupervisor_argv("run", "--log-format", "json", config=config),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
+
+
 BASELINE = REPO / "bench" / "baseline"
 REGISTRY_IMAGE = "registry:2"
 NGINX_IMAGE = "nginx:1.28"
@@ -183,7 +201,7 @@ class DaemonStack:
 
     def cli(self, *args: str, stdin: str | None = None) -> str:
         result = subprocess.run(
-            [sys.executable, "-m", "supervisor", *args, "--config", str(self.config_path)],
+            regsupervisor_argv(*args, config=self.config_path),
             input=stdin,
             capture_output=True,
             text=True,
@@ -198,22 +216,7 @@ class DaemonStack:
         self.cli("user", "add", USER[0], "--password-stdin", stdin=USER[1] + "\n")
 
     def start(self) -> subprocess.Popen[bytes]:
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "supervisor",
-                    "run",
-                    "--config",
-                    str(self.config_path),
-                    "--log-format",
-                    "json",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=REPO,
-            )
+        self.process = start_daemon_process(self.config_path, self.log_path)
         return self.process
 
     def report(self) -> dict:

@@ -10,7 +10,6 @@ import signal
 import socket
 import ssl
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ import docker
 import pytest
 import requests
 
+from bench.stacks import regsupervisor_argv, start_daemon_process
 from supervisor.const import LABEL_PROJECT
 from tests.engine import NGINX_IMAGE, REGISTRY_IMAGE
 
@@ -57,7 +57,7 @@ class Stack:
     name: str
     listen_port: int
     extra_config: str = ""
-    process: subprocess.Popen[str] | None = None
+    process: subprocess.Popen[bytes] | None = None
     log_path: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -99,7 +99,7 @@ class Stack:
         self, *args: str, stdin: str | None = None, check: bool = True
     ) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
-            [sys.executable, "-m", "supervisor", *args, "--config", str(self.config_path)],
+            regsupervisor_argv(*args, config=self.config_path),
             input=stdin,
             capture_output=True,
             text=True,
@@ -110,24 +110,8 @@ class Stack:
             assert result.returncode == 0, result.stderr
         return result
 
-    def start_daemon(self, wait: bool = True) -> subprocess.Popen[str]:
-        log = self.log_path.open("a")
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "supervisor",
-                "run",
-                "--config",
-                str(self.config_path),
-                "--log-format",
-                "json",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-            text=True,
-        )
+    def start_daemon(self, wait: bool = True) -> subprocess.Popen[bytes]:
+        self.process = start_daemon_process(self.config_path, self.log_path)
         if wait:
             self.wait_serving()
         return self.process
