@@ -382,6 +382,8 @@ class SwarmDaemon:
             self.give_up(service, f"respawning too fast: {len(times)} failures in {respawn.interval:g}s")
 
     def give_up(self, service: str, problem: str) -> None:
+        if self.exit_code is not None:
+            return  # already stopping: one pass over the tasks can find several slots over the limit
         log.error(f"{service} cannot converge, stopped", service=service, problem=problem)
         self.reports.setdefault(service, ServiceReport()).last_problem = problem
         self.exit_code = EXIT_RESPAWN_LIMIT
